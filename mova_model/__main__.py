@@ -1,0 +1,39 @@
+"""`python -m mova_model <command>`: describe / plan / quantize / tiny-checkpoint.
+
+- `describe FOLDER [--check]`: every tensor the configs imply (and, with --check, every problem in the files).
+- `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: the memory plan for a machine.
+- `quantize SRC DST`: write an fp8 (e4m3fn, per-tensor scale) copy of a checkpoint folder.
+- `tiny-checkpoint DST [--seed N]`: write a tiny random-weight checkpoint in the official layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import List, Optional
+
+COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint")
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
+        sys.stdout.write(__doc__ or "")
+        return 0 if argv and argv[0] in ("-h", "--help") else 2
+    command, rest = argv[0], argv[1:]
+    if command == "describe":
+        from .describe import main_describe
+        return main_describe(rest)
+    if command == "plan":
+        from .memory.planner import plan_cli
+        return plan_cli(rest)
+    if command == "quantize":
+        from .memory.quantize import quantize_cli
+        return quantize_cli(rest)
+    from .tiny_checkpoint import tiny_checkpoint_cli
+    return tiny_checkpoint_cli(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Audio/video file IO with PyAV (no ffmpeg subprocess, no torchaudio).
+
+- `write_mp4`: H.264 video + AAC audio into one mp4, written under a temporary name in the target folder and
+  renamed into place only when complete, so a failed or interrupted write never leaves a partial file.
+- `resample_audio`: any sample rate / channel count to the rate and channel layout the DAC expects.
+- `probe_media`: stream facts of a written file (for tests and logs).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Optional
+
+import av
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+class MediaError(ValueError):
+    """Audio or video data that cannot be written or converted; the message says what is wrong."""
+
+
+def _fraction(fps: float) -> Fraction:
+    return Fraction(fps).limit_denominator(1001)
+
+
+def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """ComfyUI IMAGE `[F, H, W, 3]` float 0..1 -> uint8 `[F, H, W, 3]` (round to nearest)."""
+    if frames.dim() != 4 or frames.shape[-1] != 3:
+        raise MediaError(f"frames must be [F, H, W, 3], got {list(frames.shape)}")
+    return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def resample_audio(waveform: torch.Tensor, sample_rate: int, target_rate: int, target_channels: int = 1) -> torch.Tensor:
+    """Resample and remix `waveform` `[C, S]` float (−1..1) at `sample_rate` Hz to `[target_channels, S']` at
+    `target_rate` Hz with PyAV's resampler (libswresample). Mono targets average the channels."""
+    if waveform.dim() != 2 or waveform.shape[1] == 0:
+        raise MediaError(f"audio must be [channels, samples] with samples > 0, got {list(waveform.shape)}")
+    if sample_rate <= 0:
+        raise MediaError(f"audio sample rate must be positive, got {sample_rate}")
+    data = waveform.detach().float().cpu()
+    if target_channels == 1 and data.shape[0] > 1:
+        data = data.mean(dim=0, keepdim=True)
+    elif data.shape[0] != target_channels:
+        data = data[:1].expand(target_channels, -1) if data.shape[0] == 1 else data[:target_channels]
+    if sample_rate == target_rate:
+        return data.contiguous()
+    layout = "mono" if target_channels == 1 else "stereo"
+    frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(data.numpy()), format="fltp", layout=layout)
+    frame.sample_rate = int(sample_rate)
+    resampler = av.AudioResampler(format="fltp", layout=layout, rate=int(target_rate))
+    chunks = [f.to_ndarray() for f in resampler.resample(frame)] + [f.to_ndarray() for f in resampler.resample(None)]
+    out = np.concatenate(chunks, axis=1) if chunks else np.zeros((target_channels, 0), dtype=np.float32)
+    return torch.from_numpy(out.astype(np.float32))
+
+
+def write_mp4(path: Path | str, frames_uint8: np.ndarray, fps: float, audio: Optional[torch.Tensor] = None,
+              sample_rate: Optional[int] = None, crf: int = 18) -> Path:
+    """Write an mp4 (H.264 yuv420p + AAC) atomically and return its path.
+
+    frames_uint8: `[F, H, W, 3]` uint8 (H and W even); fps in frames per second; audio: `[C, S]` float −1..1
+    at `sample_rate` Hz (resampled to 48 kHz when AAC cannot take the rate).
+    """
+    path = Path(path)
+    if frames_uint8.ndim != 4 or frames_uint8.shape[-1] != 3 or frames_uint8.dtype != np.uint8:
+        raise MediaError(f"video frames must be uint8 [F, H, W, 3], got {frames_uint8.dtype} {list(frames_uint8.shape)}")
+    count, height, width, _ = frames_uint8.shape
+    if count == 0:
+        raise MediaError("video has no frames")
+    if height % 2 or width % 2:
+        raise MediaError(f"H.264 needs even width and height, got {width}x{height}")
+    if not fps > 0:
+        raise MediaError(f"fps must be greater than 0, got {fps}")
+    if audio is not None:
+        if sample_rate is None or sample_rate <= 0:
+            raise MediaError("audio needs a positive sample rate")
+        if audio.dim() != 2:
+            raise MediaError(f"audio must be [channels, samples], got {list(audio.shape)}")
+        if sample_rate not in AAC_SAMPLE_RATES:
+            audio, sample_rate = resample_audio(audio, sample_rate, 48000, audio.shape[0]), 48000
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial.mp4", dir=str(path.parent))
+    os.close(handle)
+    try:
+        with av.open(temp_name, mode="w", format="mp4") as container:
+            rate = _fraction(fps)
+            video_stream = container.add_stream("libx264", rate=rate)
+            video_stream.width, video_stream.height = width, height
+            video_stream.pix_fmt = "yuv420p"
+            video_stream.options = {"crf": str(crf)}
+            audio_stream = None
+            if audio is not None:
+                layout = "mono" if audio.shape[0] == 1 else "stereo"
+                audio_stream = container.add_stream("aac", rate=int(sample_rate), layout=layout)
+            for image in frames_uint8:
+                for packet in video_stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                    container.mux(packet)
+            for packet in video_stream.encode():
+                container.mux(packet)
+            if audio_stream is not None:
+                samples = np.ascontiguousarray(audio.detach().float().clamp(-1, 1).cpu().numpy()[:2])
+                frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=audio_stream.layout.name)
+                frame.sample_rate = int(sample_rate)
+                frame.pts = 0
+                for packet in audio_stream.encode(frame):
+                    container.mux(packet)
+                for packet in audio_stream.encode():
+                    container.mux(packet)
+        os.replace(temp_name, path)
+    except BaseException:
+        if os.path.exists(temp_name):
+            os.unlink(temp_name)
+        raise
+    logger.info("wrote %s (%d frames at %s fps%s)", path, count, fps, ", with audio" if audio is not None else "")
+    return path
+
+
+@dataclass
+class MediaInfo:
+    """Stream facts of a media file: frame count, fps, durations in seconds, audio rate and channels."""
+
+    frames: int
+    fps: float
+    width: int
+    height: int
+    video_seconds: float
+    audio_rate: Optional[int]
+    audio_channels: Optional[int]
+    audio_seconds: Optional[float]
+    video_codec: str
+    audio_codec: Optional[str]
+
+
+def probe_media(path: Path | str) -> MediaInfo:
+    """Decode a media file's streams and report what they hold."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        frames = sum(1 for _ in container.decode(video))
+        fps = float(video.average_rate or video.guessed_rate or 0)
+        info = dict(frames=frames, fps=fps, width=video.codec_context.width, height=video.codec_context.height,
+                    video_seconds=frames / fps if fps else 0.0, video_codec=video.codec_context.name,
+                    audio_rate=None, audio_channels=None, audio_seconds=None, audio_codec=None)
+    with av.open(str(path)) as container:
+        if container.streams.audio:
+            stream = container.streams.audio[0]
+            samples = sum(f.samples for f in container.decode(stream))
+            info.update(audio_rate=stream.codec_context.sample_rate, audio_channels=stream.codec_context.channels,
+                        audio_seconds=samples / stream.codec_context.sample_rate, audio_codec=stream.codec_context.name)
+    return MediaInfo(**info)
+
+
+def read_video_frames(path: Path | str) -> tuple:
+    """Decode a video file to (`[F, H, W, 3]` uint8 frames, fps)."""
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        frames = [f.to_ndarray(format="rgb24") for f in container.decode(stream)]
+        fps = float(stream.average_rate or stream.guessed_rate or 0)
+    if not frames:
+        raise MediaError(f"{path}: no video frames")
+    return np.stack(frames), fps
