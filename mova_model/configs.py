@@ -49,6 +49,8 @@ class ComponentConfig:
 
     component: ClassVar[str] = ""
     expected_class_names: ClassVar[Tuple[str, ...]] = ()
+    hands_file_to_library: ClassVar[bool] = False
+    """True when the whole file goes to transformers/diffusers (`raw`): other keys are used there, not unknown."""
 
     @classmethod
     def from_dict(cls: Type[T], data: Dict[str, Any], source: Optional[str] = None) -> T:
@@ -70,7 +72,7 @@ class ComponentConfig:
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise ConfigError(f"{cls.component}: required key {name!r} is missing from {where}")
         extra = {k: v for k, v in data.items() if k not in known and not k.startswith("_")}
-        if extra:
+        if extra and not cls.hands_file_to_library:
             logger.info("%s: keeping keys this pack does not use from %s: %s", cls.component, where, sorted(extra))
         config = cls(**kwargs)
         config.extra = extra
@@ -257,6 +259,7 @@ class VideoVAEConfig(ComponentConfig):
 
     component: ClassVar[str] = "video_vae"
     expected_class_names: ClassVar[Tuple[str, ...]] = ("AutoencoderKLWan",)
+    hands_file_to_library: ClassVar[bool] = True
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: Optional[str] = None) -> "VideoVAEConfig":
@@ -286,6 +289,7 @@ class TextEncoderConfig(ComponentConfig):
     raw: Dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     component: ClassVar[str] = "text_encoder"
+    hands_file_to_library: ClassVar[bool] = True
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: Optional[str] = None) -> "TextEncoderConfig":

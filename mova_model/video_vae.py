@@ -96,6 +96,7 @@ class VideoVAE:
             self.module.enable_tiling(**kwargs)
         else:
             self.module.disable_tiling()
+        logger.debug("video_vae: tiling %s %s", "on" if enabled else "off", kwargs or "")
 
     @torch.no_grad()
     def encode_mode(self, video: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,99 @@
+"""I2V conditioning: the first-frame mask and the encoded first-frame clip (official prepare_latents)."""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mova_model.conditioning import first_frame_condition, first_frame_mask, latent_frames
+from mova_model.configs import MovaConfigs
+from mova_model.image_preprocess import to_model_range
+from mova_model.video_vae import VideoVAE, build_video_vae_module
+
+
+def _load_helpers():
+    name = "codec_parity_helpers"
+    if name not in sys.modules:
+        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return sys.modules[name]
+
+
+H = _load_helpers()
+
+
+def load_video_vae(case) -> VideoVAE:
+    root = H.checkpoint_dir(case)
+    config = MovaConfigs.from_folder(root).video_vae
+    module = build_video_vae_module(config)
+    module.load_state_dict(H.load_component_state(root / "video_vae"), assign=True, strict=True)
+    return VideoVAE(module, config)
+
+
+@pytest.mark.parametrize("num_frames", [1, 5, 9, 17, 193])
+def test_first_frame_mask(num_frames):
+    t_lat = latent_frames(num_frames)
+    assert t_lat == (num_frames - 1) // 4 + 1
+    mask = first_frame_mask(num_frames, t_lat, 3, 5)
+    assert mask.shape == (1, 4, t_lat, 3, 5) and mask.dtype == torch.float32
+    assert bool((mask[:, :, 0] == 1).all())
+    assert bool((mask[:, :, 1:] == 0).all())
+
+
+def test_rejects_frame_counts_the_vae_cannot_fold():
+    for bad in (0, 4, 8, 10):
+        with pytest.raises(ValueError):
+            latent_frames(bad)
+    with pytest.raises(ValueError):
+        first_frame_mask(9, 2, 4, 4)
+
+
+def _check_condition(case, image_uint8, num_frames, expected, what):
+    vae = load_video_vae(case)
+    condition = first_frame_condition(vae, to_model_range(image_uint8), num_frames)
+    tol = H.tolerance(case, atol=2e-4, rtol=1e-3)
+    H.assert_close(condition, expected, what=what, **tol)
+    z = vae.z_dim
+    assert condition.shape[1] == 4 + z
+    assert torch.equal(condition[:, :4], first_frame_mask(num_frames, condition.shape[2], *condition.shape[3:]))
+
+
+@pytest.mark.parametrize("case", H.case_params("video_vae"))
+def test_condition_matches_official(case):
+    case = H.require_case(case)
+    inputs, out = H.load_case(case)
+    num_frames = int(case["args"]["num_frames"])
+    _check_condition(case, inputs["image_uint8"].numpy(), num_frames, out["condition"], "condition")
+
+
+@pytest.mark.parametrize("case", H.case_params("e2e_i2va"))
+def test_e2e_condition_matches_official(case):
+    case = H.require_case(case)
+    inputs, out = H.load_case(case)
+    _check_condition(case, inputs["image_uint8"].numpy(), int(case["args"]["num_frames"]), out["condition"], "e2e condition")
+
+
+def test_whole_clip_is_encoded_not_just_the_first_frame():
+    """Latent frames after the first encode grey frames: they must come from encoding the full clip."""
+    from mova_model.configs import VideoVAEConfig
+    from mova_model.ops import init_random_
+
+    config = VideoVAEConfig.from_dict({"_class_name": "AutoencoderKLWan", "base_dim": 8, "z_dim": 4,
+                                       "dim_mult": [1, 2, 4, 4], "num_res_blocks": 1, "attn_scales": [],
+                                       "temperal_downsample": [False, True, True], "dropout": 0.0,
+                                       "latents_mean": [0.0] * 4, "latents_std": [1.0] * 4})
+    module = build_video_vae_module(config)
+    init_random_(module, torch.Generator().manual_seed(3))
+    vae = VideoVAE(module, config)
+    image = torch.rand(1, 3, 16, 16) * 2 - 1
+    condition = first_frame_condition(vae, image, 9)
+    assert condition.shape == (1, 8, 3, 2, 2)
+    clip = torch.cat([image.unsqueeze(2), torch.zeros(1, 3, 8, 16, 16)], dim=2)
+    torch.testing.assert_close(condition[:, 4:], vae.encode_condition_video(clip))
+    alone = vae.encode_condition_video(image.unsqueeze(2))
+    assert alone.shape[2] == 1
+    torch.testing.assert_close(condition[:, 4:, :1], alone, atol=1e-5, rtol=1e-4)  # causal: frame 0 alone is the same
