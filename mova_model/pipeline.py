@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import MovaCheckpoint
+from .checkpoint import MovaCheckpoint, build_meta_module
 from .conditioning import first_frame_condition
 from .guidance import GuidanceConfig
 from .image_preprocess import crop_and_resize, to_model_range, white_frame
@@ -315,9 +315,12 @@ class MovaPipeline:
     # -- patches --------------------------------------------------------------------------------------
     def with_lora(self, patch: LoraPatch) -> "MovaPipeline":
         """A new pipeline sharing this one's modules, with `patch` stacked on its LoRA set; `self` is unchanged."""
+        single = LoraPatchSet((patch,))
         for component in patch.weights.pairs:
             if component not in DIT_COMPONENTS:
                 raise InputError(f"LoRA component {component!r} is not one of {', '.join(DIT_COMPONENTS)}")
+            # Checked against the module built on the meta device: names and shapes, no weight read.
+            single.check(component, build_meta_module(component, self.checkpoint.config(component)))
         clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
                              lora=self.lora.with_patch(patch))
         return clone

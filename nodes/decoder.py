@@ -1,0 +1,38 @@
+"""MOVA Audio/Video Decoder: the sampler's LATENT -> IMAGE frames and AUDIO, ComfyUI's core types."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from .types import MovaModel, handle_of, latents_from_comfy
+
+
+def clip_samples(num_frames: int, fps: float, sample_rate: int) -> int:
+    """Audio samples of a clip of `num_frames` at `fps` (official: int(sample_rate · frames / fps))."""
+    return int(sample_rate * num_frames / fps)
+
+
+class MovaAVDecoder(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MovaAVDecoder",
+            display_name="MOVA Audio/Video Decoder",
+            category="MOVA/decode",
+            description="Decodes the video latents with the Wan VAE into frames (IMAGE [F, H, W, 3], 0..1) and the "
+                        "audio latents with the DAC into a waveform (AUDIO), trimmed to frames / fps seconds.",
+            inputs=[MovaModel.Input("model"), io.Latent.Input("latent")],
+            outputs=[io.Image.Output(display_name="frames"), io.Audio.Output(display_name="audio")],
+        )
+
+    @classmethod
+    def execute(cls, model, latent) -> io.NodeOutput:
+        pipe = handle_of(model).pipeline
+        latents = latents_from_comfy(latent)
+        frames = pipe.decode_video(latents)
+        waveform, rate = pipe.decode_audio(latents)
+        samples = clip_samples(latents.num_frames, latents.video_fps, rate)
+        audio = {"waveform": waveform[:, :, :samples].contiguous(), "sample_rate": rate}
+        return io.NodeOutput(frames, audio)
+
+
+NODES = [MovaAVDecoder]

@@ -1,0 +1,75 @@
+"""A2V and V2A: hold the audio (MOVA Audio Driver) or the video (MOVA Video Driver) fixed while the other stream
+is generated. Both output MOVA_HELD for the Joint Sampler's `held` input, and a STRING saying what was adapted."""
+from __future__ import annotations
+
+from comfy_api.latest import io
+
+from ..mova_model.drivers import held_audio, held_video
+from ..mova_model.pipeline import Conditioning
+from ..mova_model.sampler import HOLD_MODES
+from .types import MovaConditioning, MovaHeld, MovaModel, handle_of
+
+MODE_TOOLTIP = ("clean (default): the held tower sees the clean stream at timestep 0 every step, like a finished "
+                "stream. renoise: the clean stream is re-noised to each step's noise level (inpainting style).")
+
+
+def _conditioning(value) -> Conditioning:
+    if not isinstance(value, Conditioning):
+        raise ValueError("conditioning: connect the output of a MOVA Text+Image Conditioner")
+    return value
+
+
+class MovaAudioDriver(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MovaAudioDriver",
+            display_name="MOVA Audio Driver (A2V)",
+            category="MOVA/conditioning",
+            description="Lip-sync to your own audio: the AUDIO (any rate and channels; resampled and mixed to mono, "
+                        "trimmed or padded to the clip) is encoded by the DAC and held while the video is generated.",
+            inputs=[
+                MovaModel.Input("model"),
+                MovaConditioning.Input("conditioning", tooltip="Gives the clip length (frames / fps)."),
+                io.Audio.Input("audio"),
+                io.Combo.Input("mode", options=list(HOLD_MODES), default="clean", tooltip=MODE_TOOLTIP),
+            ],
+            outputs=[MovaHeld.Output(display_name="held"), io.String.Output(display_name="notes")],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, audio, mode: str) -> io.NodeOutput:
+        pipe = handle_of(model).pipeline
+        if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
+            raise ValueError("audio: expected a ComfyUI AUDIO (from LoadAudio or another audio node)")
+        held, notes = held_audio(pipe, audio["waveform"], int(audio["sample_rate"]), _conditioning(conditioning), mode)
+        return io.NodeOutput(held, f"audio: {notes}")
+
+
+class MovaVideoDriver(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MovaVideoDriver",
+            display_name="MOVA Video Driver (V2A)",
+            category="MOVA/conditioning",
+            description="Add sound to your video: the frames (IMAGE batch, e.g. from LoadVideo + GetVideoComponents) are "
+                        "encoded by the video VAE and held while the audio is generated. Connect the clip's first "
+                        "frame to the conditioner's image too.",
+            inputs=[
+                MovaModel.Input("model"),
+                MovaConditioning.Input("conditioning", tooltip="Gives the clip size and frame count (4k+1)."),
+                io.Image.Input("frames"),
+                io.Combo.Input("mode", options=list(HOLD_MODES), default="clean", tooltip=MODE_TOOLTIP),
+            ],
+            outputs=[MovaHeld.Output(display_name="held"), io.String.Output(display_name="notes")],
+        )
+
+    @classmethod
+    def execute(cls, model, conditioning, frames, mode: str) -> io.NodeOutput:
+        pipe = handle_of(model).pipeline
+        held, notes = held_video(pipe, frames, _conditioning(conditioning), mode)
+        return io.NodeOutput(held, f"video: {notes}")
+
+
+NODES = [MovaAudioDriver, MovaVideoDriver]

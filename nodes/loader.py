@@ -1,0 +1,70 @@
+"""MOVA Loader: a checkpoint folder from `models/mova` -> a MOVA_MODEL handle (nothing is read but headers)."""
+from __future__ import annotations
+
+import logging
+
+import torch
+from comfy_api.latest import io
+
+from ..mova_model.pipeline import MovaPipeline
+from .paths import checkpoint_folders, checkpoint_path
+from .types import MovaModel, MovaModelHandle
+
+logger = logging.getLogger(__name__)
+
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+def resolve_device(choice: str) -> torch.device:
+    """`auto` = ComfyUI's torch device; `cpu`/`cuda` as named (cuda must exist)."""
+    import comfy.model_management as mm
+
+    if choice == "auto":
+        return mm.get_torch_device()
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was chosen but no CUDA GPU is available (choose 'auto' or 'cpu')")
+    return torch.device(choice)
+
+
+def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
+    """`auto` = bf16 on a GPU that supports it, else fp32 (CPU bf16 matmuls are slow)."""
+    if choice != "auto":
+        return DTYPES[choice]
+    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+class MovaLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MovaLoader",
+            display_name="MOVA Loader",
+            category="MOVA/loaders",
+            description="Opens a MOVA checkpoint folder (official OpenMOSS-Team/MOVA-360p or -720p layout) from "
+                        "models/mova. Weights are memory-mapped and loaded on first use; the folder is checked "
+                        "(configs and tensor headers) right away.",
+            inputs=[
+                io.Combo.Input("checkpoint", options=checkpoint_folders(),
+                               tooltip="A folder under models/mova that contains model_index.json."),
+                io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
+                               tooltip="Compute dtype of the DiTs and text encoder. auto: bf16 on a GPU, fp32 on CPU."),
+                io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
+                               tooltip="Where the model computes. auto: ComfyUI's device."),
+            ],
+            outputs=[MovaModel.Output(display_name="model"), io.String.Output(display_name="plan")],
+        )
+
+    @classmethod
+    def execute(cls, checkpoint: str, dtype: str, device: str) -> io.NodeOutput:
+        folder = checkpoint_path(checkpoint)
+        torch_device = resolve_device(device)
+        torch_dtype = resolve_dtype(dtype, torch_device)
+        pipeline = MovaPipeline.from_pretrained(folder, device=torch_device, dtype=torch_dtype)
+        plan = f"{checkpoint}: compute {str(torch_dtype).replace('torch.', '')} on {torch_device}"
+        logger.info("MOVA Loader: %s", plan)
+        return io.NodeOutput(MovaModelHandle(pipeline=pipeline, name=checkpoint, plan_text=plan), plan)
+
+
+NODES = [MovaLoader]

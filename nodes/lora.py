@@ -1,0 +1,62 @@
+"""MOVA LoRA Loader: a LoRA from ComfyUI's `loras` folder applied to a copy of the MOVA_MODEL handle (stackable).
+
+Accepted: the official trainer's `lora_weights.pt` (with `lora_config.pt` beside it; read with
+`torch.load(weights_only=True)`, never a full unpickle) or a `.safetensors` with the same keys.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import folder_paths
+from comfy_api.latest import io
+
+from ..mova_model.lora import LoraPatch, load_lora
+from .types import MovaModel, handle_of
+
+LORA_EXTENSIONS = (".pt", ".pth", ".safetensors")
+
+
+def lora_files() -> list:
+    return [name for name in folder_paths.get_filename_list("loras") if name.lower().endswith(LORA_EXTENSIONS)]
+
+
+class MovaLoraLoader(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MovaLoraLoader",
+            display_name="MOVA LoRA Loader",
+            category="MOVA/loaders",
+            description="Applies a MOVA LoRA (official lora_weights.pt + lora_config.pt, or .safetensors) at a strength. "
+                        "Returns a patched copy of the model; the input model is untouched. Chain several to stack.",
+            inputs=[
+                MovaModel.Input("model"),
+                io.Combo.Input("lora_name", options=lora_files(), tooltip="A file in models/loras."),
+                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
+                               tooltip="Multiplies alpha/rank (the official lora_scale)."),
+                io.Float.Input("video_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                               tooltip="Extra factor for both video experts."),
+                io.Float.Input("audio_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                               tooltip="Extra factor for the audio DiT."),
+                io.Float.Input("bridge_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                               tooltip="Extra factor for the dual-tower bridge."),
+            ],
+            outputs=[MovaModel.Output(display_name="model")],
+        )
+
+    @classmethod
+    def execute(cls, model, lora_name: str, strength: float, video_strength=1.0, audio_strength=1.0,
+                bridge_strength=1.0) -> io.NodeOutput:
+        handle = handle_of(model)
+        path = folder_paths.get_full_path("loras", lora_name)
+        if path is None:
+            raise ValueError(f"lora_name: {lora_name!r} is not in the loras folder")
+        weights = load_lora(path)
+        patch = LoraPatch(weights, float(strength), (("video", float(video_strength)), ("audio", float(audio_strength)),
+                                                     ("bridge", float(bridge_strength))))
+        pipeline = handle.pipeline.with_lora(patch)
+        note = f"{handle.plan_text}\nLoRA {lora_name} x{strength:g}"
+        return io.NodeOutput(dataclasses.replace(handle, pipeline=pipeline, plan_text=note))
+
+
+NODES = [MovaLoraLoader]

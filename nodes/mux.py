@@ -1,0 +1,62 @@
+"""MOVA Mux: IMAGE frames + AUDIO + fps -> an mp4 (H.264 + AAC, PyAV) saved atomically, and a core VIDEO."""
+from __future__ import annotations
+
+import os
+
+import folder_paths
+import torch
+from comfy_api.latest import InputImpl, io, ui
+
+from ..mova_model.av_io import frames_to_uint8, write_mp4
+
+
+def fit_audio(waveform: torch.Tensor, samples: int) -> torch.Tensor:
+    """`[C, S]` trimmed or zero-padded to exactly `samples` so audio and video durations agree."""
+    if waveform.shape[1] >= samples:
+        return waveform[:, :samples]
+    return torch.nn.functional.pad(waveform, (0, samples - waveform.shape[1]))
+
+
+class MovaMux(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return io.Schema(
+            node_id="MovaMux",
+            display_name="MOVA Mux",
+            category="MOVA/output",
+            description="Writes frames and audio into one mp4 (H.264 + AAC) in the output folder (written under a "
+                        "temporary name, then renamed: never a partial file) and returns it as a VIDEO.",
+            inputs=[
+                io.Image.Input("frames", tooltip="IMAGE [F, H, W, 3] (even width and height)."),
+                io.Float.Input("fps", default=24.0, min=0.0, max=120.0, step=0.5, tooltip="Frames per second (> 0)."),
+                io.String.Input("filename_prefix", default="mova/MOVA"),
+                io.Audio.Input("audio", optional=True, tooltip="Trimmed or padded to the video's duration."),
+            ],
+            outputs=[io.Video.Output(display_name="video")],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, frames, fps: float, filename_prefix: str, audio=None) -> io.NodeOutput:
+        if not fps > 0:
+            raise ValueError(f"fps must be greater than 0, got {fps}")
+        images = frames_to_uint8(frames)
+        count, height, width, _ = images.shape
+        if height % 2 or width % 2:
+            raise ValueError(f"frames: H.264 needs even width and height, got {width}x{height}")
+        waveform = rate = None
+        if audio is not None:
+            wave = audio["waveform"]
+            if wave.dim() != 3 or wave.shape[0] < 1:
+                raise ValueError(f"audio: expected waveform [batch, channels, samples], got {list(wave.shape)}")
+            rate = int(audio["sample_rate"])
+            waveform = fit_audio(wave[0].float(), int(round(rate * count / fps)))
+        folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
+            filename_prefix, folder_paths.get_output_directory(), width, height)
+        file = f"{name}_{counter:05}_.mp4"
+        path = write_mp4(os.path.join(folder, file), images, fps, waveform, rate)
+        video = InputImpl.VideoFromFile(str(path))
+        return io.NodeOutput(video, ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))
+
+
+NODES = [MovaMux]

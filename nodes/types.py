@@ -1,0 +1,60 @@
+"""The pack's few custom ComfyUI types, and the model handle the Loader hands to the other nodes.
+
+- `MOVA_MODEL`: a `MovaModelHandle` (a lazily loaded `MovaPipeline` plus its memory plan).
+- `MOVA_CONDITIONING`: `mova_model.pipeline.Conditioning` (text embeddings + first-frame condition + clip size).
+- `MOVA_GUIDANCE`: `mova_model.guidance.GuidanceConfig` (text / bridge CFG scales).
+- `MOVA_HELD`: `mova_model.sampler.HeldStream` (an audio or video stream held fixed: A2V / V2A).
+Everything else is a core type: LATENT (video latents in `samples`, audio latents beside them), IMAGE,
+AUDIO, VIDEO, STRING.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from comfy_api.latest import io
+
+from ..mova_model.pipeline import JointLatents, MovaPipeline
+
+MovaModel = io.Custom("MOVA_MODEL")
+MovaConditioning = io.Custom("MOVA_CONDITIONING")
+MovaGuidance = io.Custom("MOVA_GUIDANCE")
+MovaHeld = io.Custom("MOVA_HELD")
+
+LATENT_TYPE = "mova_av"
+
+
+@dataclass
+class MovaModelHandle:
+    """What flows on a MOVA_MODEL wire: the pipeline (modules load on first use) and the plan text."""
+
+    pipeline: MovaPipeline
+    name: str
+    plan_text: str = ""
+
+
+def latents_to_comfy(latents: JointLatents) -> dict:
+    """JointLatents -> a core LATENT dict: `samples` = video latents `[1, z, T', H/8, W/8]`, the audio latents
+    `[1, C, L]` and the clip geometry beside them, `type` = "mova_av"."""
+    return {"samples": latents.video.cpu(), "audio_samples": latents.audio.cpu(), "type": LATENT_TYPE,
+            "mova": {"width": latents.width, "height": latents.height, "num_frames": latents.num_frames,
+                     "video_fps": latents.video_fps, "sample_rate": latents.sample_rate}}
+
+
+def latents_from_comfy(latent: dict) -> JointLatents:
+    """A LATENT made by the MOVA Joint Sampler -> JointLatents; any other LATENT is rejected with a message."""
+    if not isinstance(latent, dict) or latent.get("type") != LATENT_TYPE or "audio_samples" not in latent:
+        raise ValueError("latent: this LATENT was not made by the MOVA Joint Sampler (it has no audio stream); "
+                         "connect the MOVA Joint Sampler's output")
+    meta = latent["mova"]
+    return JointLatents(video=latent["samples"], audio=latent["audio_samples"], width=int(meta["width"]),
+                        height=int(meta["height"]), num_frames=int(meta["num_frames"]),
+                        video_fps=float(meta["video_fps"]), sample_rate=int(meta["sample_rate"]))
+
+
+def handle_of(model: Optional[MovaModelHandle]) -> MovaModelHandle:
+    if not isinstance(model, MovaModelHandle):
+        raise ValueError("model: connect the output of a MOVA Loader node")
+    return model
+
+
