@@ -1,8 +1,8 @@
 """The prompt nodes' adapters, in-process with ComfyUI 0.3.75's modules (no server).
 
 ComfyUI is imported as the host README describes (its folder on ``sys.path``, argument parsing
-off, ``--cpu``). The node module is loaded by path because ComfyUI has a top-level ``nodes``
-module of its own. Real-server and frontend runs are in tests/host and tests/browser.
+off, ``--cpu``) by tests/nodes/conftest.py, which imports the pack as a package. Real-server and
+frontend runs are in tests/host and tests/browser.
 """
 import importlib.util
 import os
@@ -16,6 +16,7 @@ PROMPT_TESTS = REPO_ROOT / "tests" / "mova_model" / "prompt"
 
 
 def _load(name: str, path: Path):
+    """A test helper module of tests/mova_model/prompt, loaded by path."""
     if name not in sys.modules:
         spec = importlib.util.spec_from_file_location(name, path)
         module = importlib.util.module_from_spec(spec)
@@ -25,22 +26,8 @@ def _load(name: str, path: Path):
 
 
 @pytest.fixture(scope="module")
-def prompt_nodes():
-    comfy_dir = Path(os.environ.get("MOVA_HOST_VENV") or sys.prefix) / "comfyui"
-    if not (comfy_dir / "main.py").is_file():
-        message = f"ComfyUI not installed in {comfy_dir} (run scripts/install_host.sh)"
-        if os.environ.get("CI", "").lower() in ("1", "true", "yes"):
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    if str(comfy_dir) not in sys.path:
-        sys.path.append(str(comfy_dir))
-    import comfy.options
-
-    comfy.options.enable_args_parsing(False)
-    from comfy.cli_args import args
-
-    args.cpu = True
-    return _load("mova_nodes_prompt_under_test", REPO_ROOT / "nodes" / "prompt.py")
+def prompt_nodes(node_module):
+    return node_module("prompt")
 
 
 @pytest.fixture
