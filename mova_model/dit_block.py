@@ -70,16 +70,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int)
 
 
 def compute_dtype_of(module: nn.Module) -> torch.dtype:
-    """The dtype a tower computes in: that of its first floating-point parameter, bf16 for fp8 storage.
+    """The dtype a module computes in: the storage dtype holding most of its weights (fp8 storage counts as bf16).
 
-    Mirrors `visual_dit.dtype` in `MOVA.inference_single_step` (the first parameter's dtype).
+    For uniformly stored weights this is `visual_dit.dtype` as used by `MOVA.inference_single_step`; the
+    majority rule keeps a few float32-kept layers (or fp8 blocks) from changing the compute dtype.
     """
+    counts: dict = {}
     for param in module.parameters():
-        if param.dtype == FP8_DTYPE:
-            return torch.bfloat16
-        if param.is_floating_point():
-            return param.dtype
-    return torch.float32
+        if not param.is_floating_point():
+            continue
+        dtype = torch.bfloat16 if param.dtype == FP8_DTYPE else param.dtype
+        counts[dtype] = counts.get(dtype, 0) + param.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
 
 
 class SelfAttention(nn.Module):
