@@ -1,0 +1,45 @@
+"""Shared pytest configuration for the whole suite.
+
+Markers (also declared in pyproject.toml): ``host`` tests start a real ComfyUI server,
+``browser`` tests drive the real frontend in headless Chromium. Both are deselected by
+default (``addopts``); ``make test`` runs everything with ``-m ""``.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# The real-ComfyUI fixtures (`comfy`, `mova_checkpoint`), shared by tests/host and tests/browser.
+pytest_plugins = ["host_fixtures"]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "host: starts a real ComfyUI server (needs scripts/install_host.sh)")
+    config.addinivalue_line("markers", "browser: drives the ComfyUI frontend in headless Chromium")
+
+
+def running_in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in ("1", "true", "yes")
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The read-only reference folder ``../shared`` (parity fixtures, spec).
+
+    Absent on a user's clone: the test is skipped. In CI (``CI=true``) it must be there,
+    so its absence fails the test instead of silently skipping the parity checks.
+    """
+    path = (REPO_ROOT.parent / "shared").resolve()
+    if path.is_dir():
+        return path
+    message = f"{path} not found (reference data lives beside the repo as ../shared)"
+    if running_in_ci():
+        pytest.fail(message + "; CI=true requires it", pytrace=False)
+    pytest.skip(message)
