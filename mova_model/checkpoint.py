@@ -22,6 +22,7 @@ from their safetensors headers, before a single weight is read. Accepted on disk
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
 from itertools import chain
@@ -174,9 +175,21 @@ def layout_of_module(component: str, module: nn.Module) -> ComponentLayout:
     return ComponentLayout(component, tensors, aliases, frozenset(scalable))
 
 
+_LAYOUT_CACHE: Dict[Tuple[str, str], ComponentLayout] = {}
+_LAYOUT_CACHE_SIZE = 32
+
+
 def component_layout(component: str, config: ComponentConfig) -> ComponentLayout:
-    """`ComponentLayout` of `component` built from `config` (meta device, fast at full scale)."""
-    return layout_of_module(component, build_meta_module(component, config))
+    """`ComponentLayout` of `component` built from `config` (meta device; cached by config content, so
+    reopening a checkpoint does not rebuild the modules). Treat the result as read-only."""
+    cache_key = (component, json.dumps(config.to_dict(), sort_keys=True, default=str))
+    layout = _LAYOUT_CACHE.get(cache_key)
+    if layout is None:
+        layout = layout_of_module(component, build_meta_module(component, config))
+        if len(_LAYOUT_CACHE) >= _LAYOUT_CACHE_SIZE:
+            _LAYOUT_CACHE.pop(next(iter(_LAYOUT_CACHE)))
+        _LAYOUT_CACHE[cache_key] = layout
+    return layout
 
 
 def _problem(component: str, message: str, key: Optional[str] = None, expected: Any = None, found: Any = None,
@@ -370,11 +383,17 @@ class MovaCheckpoint:
         """Problems of one weight component, from headers only (cached)."""
         if component not in self._problems:
             store = self.store(component)
+            config = self.config(component)
             if store.problems:
                 problems = list(store.problems)
             else:
-                config = self.config(component)
-                problems = compare_with_layout(self.layout(component), store, config.source)
+                try:
+                    layout = self.layout(component)
+                except (ConfigError, ValueError, TypeError) as exc:
+                    problems = [_problem(component, f"cannot build the module its config.json describes ({exc})",
+                                         file=config.source)]
+                else:
+                    problems = compare_with_layout(layout, store, config.source)
             self._problems[component] = problems
         return self._problems[component]
 
@@ -397,6 +416,10 @@ class MovaCheckpoint:
         stored (the layers dequantize at forward). On `device` other than CPU each tensor is copied there.
         The module is returned in eval mode with `requires_grad=False`.
         """
+        if component in self._stores and self._stores[component].is_stale():
+            logger.info("%s: files changed on disk since they were checked; checking them again", component)
+            del self._stores[component]
+            self._problems.pop(component, None)
         problems = self.component_problems(component)
         if problems:
             raise CheckpointError.from_problems(f"{self.root}: cannot load {component}", problems)

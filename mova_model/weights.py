@@ -222,7 +222,23 @@ class SafetensorsStore:
         self.tensors: Dict[str, TensorInfo] = {}
         self.metadata: Dict[Path, Dict[str, str]] = {}
         self.files: List[Path] = sorted(self.folder.glob("*.safetensors")) if self.folder.is_dir() else []
+        self._stamps = self._file_stamps()
         self._scan()
+
+    def _file_stamps(self) -> Dict[str, Tuple[int, int]]:
+        stamps = {}
+        if self.folder.is_dir():
+            for path in sorted(self.folder.glob("*.safetensors*")):
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                stamps[path.name] = (stat.st_size, stat.st_mtime_ns)
+        return stamps
+
+    def is_stale(self) -> bool:
+        """True when the folder's safetensors/index files changed (added, removed, rewritten) since the scan."""
+        return self._file_stamps() != self._stamps
 
     def _problem(self, message: str, **kw) -> None:
         self.problems.append(Problem(self.component, message, **kw))
