@@ -29,8 +29,8 @@ class AudioDiT(DiTTower):
 
     def __init__(self, config: AudioDiTConfig, ops: Operations) -> None:
         self.patch_size: Tuple[int] = (int(config.patch_size[0]),)
-        super().__init__(config, ops, patch_volume=math.prod(self.patch_size))
-        self.patch_embedding = ops.Conv1d(config.in_dim, config.dim, kernel_size=self.patch_size, stride=self.patch_size)
+        patch_embedding = ops.Conv1d(config.in_dim, config.dim, kernel_size=self.patch_size, stride=self.patch_size)
+        super().__init__(config, ops, patch_volume=math.prod(self.patch_size), patch_embedding=patch_embedding)
 
     def patchify(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int]]:
         """[B, in_dim, L] -> (tokens [B, L/p, dim], grid (L/p,)) (official `WanAudioModel.patchify`)."""

@@ -184,12 +184,13 @@ class OutputHead(nn.Module):
 class DiTTower(nn.Module):
     """What the video and audio DiTs share: text/time embeddings, the block stack and the output head.
 
-    Subclasses add `patch_embedding`, `patchify`, `rope` and `unpatchify`. Attribute names equal the official
-    `WanModel` / `WanAudioModel` ones so state-dict keys match.
+    Subclasses pass their `patch_embedding` and add `patchify`, `rope` and `unpatchify`. Attribute names and
+    their order equal the official `WanModel` / `WanAudioModel`, so state-dict keys match in the same order.
     """
 
-    def __init__(self, config, ops: Operations, patch_volume: int) -> None:
+    def __init__(self, config, ops: Operations, patch_volume: int, patch_embedding: nn.Module) -> None:
         super().__init__()
+        self.patch_embedding = patch_embedding
         self.config = config
         self.dim = config.dim
         self.freq_dim = config.freq_dim

@@ -30,9 +30,9 @@ class VideoDiT(DiTTower):
 
     def __init__(self, config: VideoDiTConfig, ops: Operations) -> None:
         self.patch_size: Tuple[int, int, int] = tuple(int(p) for p in config.patch_size)  # type: ignore[assignment]
-        super().__init__(config, ops, patch_volume=math.prod(self.patch_size))
-        video_rope_split(self.head_dim)  # fail at build time on a head_dim the 3-D RoPE cannot split
-        self.patch_embedding = ops.Conv3d(config.in_dim, config.dim, kernel_size=self.patch_size, stride=self.patch_size)
+        video_rope_split(config.dim // config.num_heads)  # fail at build time on a head_dim the 3-D RoPE cannot split
+        patch_embedding = ops.Conv3d(config.in_dim, config.dim, kernel_size=self.patch_size, stride=self.patch_size)
+        super().__init__(config, ops, patch_volume=math.prod(self.patch_size), patch_embedding=patch_embedding)
 
     def patchify(self, x: torch.Tensor) -> Tuple[torch.Tensor, Tuple[int, int, int]]:
         """[B, in_dim, T, H, W] -> (tokens [B, f*h*w, dim], grid (f, h, w)), tokens frame-major then row then column.
