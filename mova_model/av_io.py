@@ -40,6 +40,19 @@ def frames_to_uint8(frames: torch.Tensor) -> np.ndarray:
     return (frames.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 
 
+def remix_channels(data: torch.Tensor, channels: int) -> torch.Tensor:
+    """`[C, S]` -> `[channels, S]`: mono averages every channel; more channels than wanted are folded
+    (channel i goes to output i mod `channels`, averaged); fewer are repeated."""
+    count = data.shape[0]
+    if count == channels:
+        return data
+    if channels == 1:
+        return data.mean(dim=0, keepdim=True)
+    if count > channels:
+        return torch.stack([data[i::channels].mean(dim=0) for i in range(channels)])
+    return data[torch.arange(channels) % count]
+
+
 def resample_audio(waveform: torch.Tensor, sample_rate: int, target_rate: int, target_channels: int = 1) -> torch.Tensor:
     """Resample and remix `waveform` `[C, S]` float (−1..1) at `sample_rate` Hz to `[target_channels, S']` at
     `target_rate` Hz with PyAV's resampler (libswresample). Mono targets average the channels."""
@@ -47,11 +60,7 @@ def resample_audio(waveform: torch.Tensor, sample_rate: int, target_rate: int, t
         raise MediaError(f"audio must be [channels, samples] with samples > 0, got {list(waveform.shape)}")
     if sample_rate <= 0:
         raise MediaError(f"audio sample rate must be positive, got {sample_rate}")
-    data = waveform.detach().float().cpu()
-    if target_channels == 1 and data.shape[0] > 1:
-        data = data.mean(dim=0, keepdim=True)
-    elif data.shape[0] != target_channels:
-        data = data[:1].expand(target_channels, -1) if data.shape[0] == 1 else data[:target_channels]
+    data = remix_channels(waveform.detach().float().cpu(), target_channels)
     if sample_rate == target_rate:
         return data.contiguous()
     layout = "mono" if target_channels == 1 else "stereo"
@@ -85,6 +94,8 @@ def write_mp4(path: Path | str, frames_uint8: np.ndarray, fps: float, audio: Opt
             raise MediaError("audio needs a positive sample rate")
         if audio.dim() != 2:
             raise MediaError(f"audio must be [channels, samples], got {list(audio.shape)}")
+        if audio.shape[0] > 2:
+            audio = remix_channels(audio.detach().float().cpu(), 2)
         if sample_rate not in AAC_SAMPLE_RATES:
             audio, sample_rate = resample_audio(audio, sample_rate, 48000, audio.shape[0]), 48000
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +118,7 @@ def write_mp4(path: Path | str, frames_uint8: np.ndarray, fps: float, audio: Opt
             for packet in video_stream.encode():
                 container.mux(packet)
             if audio_stream is not None:
-                samples = np.ascontiguousarray(audio.detach().float().clamp(-1, 1).cpu().numpy()[:2])
+                samples = np.ascontiguousarray(audio.detach().float().clamp(-1, 1).cpu().numpy())
                 frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=audio_stream.layout.name)
                 frame.sample_rate = int(sample_rate)
                 frame.pts = 0

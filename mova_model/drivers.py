@@ -78,6 +78,8 @@ def prepare_driving_video(frames: torch.Tensor, conditioning: Conditioning) -> P
     count = frames.shape[0]
     wanted = conditioning.num_frames
     notes = []
+    if count == 0:
+        raise InputError(f"frames: the clip needs {wanted} frames (4k+1) but 0 were given")
     if count < wanted:
         usable = (count - 1) // 4 * 4 + 1
         raise InputError(f"frames: the clip needs {wanted} frames (4k+1) but {count} were given; set the conditioner's "

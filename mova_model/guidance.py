@@ -18,6 +18,7 @@ are the union of what the two modalities need.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Dict, FrozenSet, Optional, Tuple
 
@@ -83,7 +84,13 @@ class GuidanceConfig:
         for name in ("text_scale", "bridge_scale", "video_text_scale", "audio_text_scale",
                      "video_bridge_scale", "audio_bridge_scale", "a2v_scale", "v2a_scale"):
             value = getattr(self, name)
-            if value is not None and not (isinstance(value, (int, float)) and abs(float(value)) < 1e6):
+            if value is None:
+                continue
+            try:
+                number = float(value)
+            except (TypeError, ValueError):
+                number = math.nan
+            if isinstance(value, (str, bytes)) or not math.isfinite(number):
                 raise ValueError(f"guidance {name} must be a finite number, got {value!r}")
 
 
