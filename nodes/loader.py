@@ -57,6 +57,15 @@ class MovaLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, checkpoint: str) -> bool | str:
+        # ComfyUI 0.3.75 does not check V3 combo values against their list, so the loader does.
+        names = checkpoint_folders()
+        if checkpoint not in names:
+            return (f"checkpoint {checkpoint!r} is not a MOVA checkpoint folder in models/mova "
+                    f"(found: {', '.join(names) or 'none'}; each needs a model_index.json)")
+        return True
+
+    @classmethod
     def execute(cls, checkpoint: str, dtype: str, device: str) -> io.NodeOutput:
         folder = checkpoint_path(checkpoint)
         torch_device = resolve_device(device)

@@ -45,6 +45,13 @@ class MovaLoraLoader(io.ComfyNode):
         )
 
     @classmethod
+    def validate_inputs(cls, lora_name: str) -> bool | str:
+        names = lora_files()
+        if lora_name not in names:
+            return f"lora_name {lora_name!r} is not a .pt/.safetensors file in models/loras (found: {', '.join(names) or 'none'})"
+        return True
+
+    @classmethod
     def execute(cls, model, lora_name: str, strength: float, video_strength=1.0, audio_strength=1.0,
                 bridge_strength=1.0) -> io.NodeOutput:
         handle = handle_of(model)

@@ -374,7 +374,8 @@ class ComfyClient:
         return f"{info['subfolder']}/{info['name']}" if info.get("subfolder") else info["name"]
 
     def queue_prompt(self, api_workflow: dict) -> str:
-        """``POST /prompt``; returns the prompt id, raises :class:`PromptRejected` on HTTP 400."""
+        """``POST /prompt``; returns the prompt id, raises :class:`PromptRejected` on HTTP 400 or when some
+        output nodes were rejected (HTTP 200 with ``node_errors``)."""
         status, body = self.post_json("/prompt", {"prompt": api_workflow, "client_id": self.client_id})
         if status != 200:
             body = body if isinstance(body, dict) else {"error": {"message": str(body)}}
@@ -382,6 +383,9 @@ class ComfyClient:
             msg = err.get("message", "") if isinstance(err, dict) else str(err)
             details = err.get("details", "") if isinstance(err, dict) else ""
             raise PromptRejected(f"prompt rejected (HTTP {status}): {msg} {details}".strip(), body)
+        if body.get("node_errors"):
+            # ComfyUI queues the outputs that validated and answers 200: for a test that is still a rejection.
+            raise PromptRejected(f"prompt partly rejected: node errors {json.dumps(body['node_errors'])[:500]}", body)
         return body["prompt_id"]
 
     def download(self, record: dict, out_dir: str | os.PathLike) -> Path:

@@ -1,0 +1,170 @@
+"""The shipped MOVA workflows and the node schemas through a real ComfyUI 0.3.75 server (HTTP + websocket).
+
+Each workflow in workflows/api is patched to the tiny random-weight checkpoint (64x64, 9 frames at 8 fps,
+3 steps), queued with ``POST /prompt`` and followed on the websocket; the mp4 it writes is downloaded with
+``GET /view`` and its streams are decoded with PyAV (``mova_model.av_io.probe_media``).
+"""
+import pytest
+
+from host_workflows import (CLIP_FRAMES, SHIPPED, TINY, VOICE_RATE, dac_sample_rate, load_api, node_of, nodes_of,
+                            output_files, patch_for_speed, text_of, upload_media, video_files)
+from mova_model.av_io import probe_media
+
+# node_id -> (required inputs, optional inputs, outputs); "COMBO" stands for a list of choices.
+SCHEMAS = {
+    "MovaLoader": ({"checkpoint": "COMBO", "dtype": "COMBO", "device": "COMBO"}, {}, ["MOVA_MODEL", "STRING"]),
+    "MovaTextImageConditioner": (
+        {"model": "MOVA_MODEL", "prompt": "STRING", "negative_prompt": "STRING", "width": "INT", "height": "INT",
+         "frames": "INT", "fps": "FLOAT"},
+        {"image": "IMAGE"}, ["MOVA_CONDITIONING"]),
+    "MovaJointSampler": (
+        {"model": "MOVA_MODEL", "conditioning": "MOVA_CONDITIONING", "seed": "INT", "steps": "INT", "cfg": "FLOAT"},
+        {"guidance": "MOVA_GUIDANCE", "held": "MOVA_HELD"}, ["LATENT"]),
+    "MovaAVDecoder": ({"model": "MOVA_MODEL", "latent": "LATENT"}, {}, ["IMAGE", "AUDIO"]),
+    "MovaMux": ({"frames": "IMAGE", "fps": "FLOAT", "filename_prefix": "STRING"}, {"audio": "AUDIO"}, ["VIDEO"]),
+    "MovaGuidance": ({"preset": "COMBO", "text_scale": "FLOAT", "bridge_scale": "FLOAT"},
+                     {"video_text_scale": "FLOAT", "audio_text_scale": "FLOAT", "a2v_strength": "FLOAT",
+                      "v2a_strength": "FLOAT"}, ["MOVA_GUIDANCE", "STRING"]),
+    "MovaLoraLoader": ({"model": "MOVA_MODEL", "lora_name": "COMBO", "strength": "FLOAT"},
+                       {"video_strength": "FLOAT", "audio_strength": "FLOAT", "bridge_strength": "FLOAT"},
+                       ["MOVA_MODEL"]),
+    "MovaAudioDriver": ({"model": "MOVA_MODEL", "conditioning": "MOVA_CONDITIONING", "audio": "AUDIO",
+                         "mode": "COMBO"}, {}, ["MOVA_HELD", "STRING"]),
+    "MovaVideoDriver": ({"model": "MOVA_MODEL", "conditioning": "MOVA_CONDITIONING", "frames": "IMAGE",
+                         "mode": "COMBO"}, {}, ["MOVA_HELD", "STRING"]),
+}  # fmt: skip
+
+
+def _input_type(spec) -> str:
+    kind = spec[0]
+    return "COMBO" if isinstance(kind, list) else kind
+
+
+@pytest.fixture(scope="module")
+def object_info(comfy):
+    return comfy.object_info()
+
+
+@pytest.mark.parametrize("node_id", sorted(SCHEMAS))
+def test_object_info_shows_node_with_types(object_info, node_id):
+    required, optional, outputs = SCHEMAS[node_id]
+    assert node_id in object_info, f"{node_id} missing from /object_info"
+    info = object_info[node_id]
+    assert info["category"].startswith("MOVA/")
+    got_required = {name: _input_type(spec) for name, spec in info["input"]["required"].items()}
+    got_optional = {name: _input_type(spec) for name, spec in info["input"].get("optional", {}).items()}
+    assert {k: got_required.get(k) for k in required} == required
+    assert {k: got_optional.get(k) for k in optional} == optional
+    assert info["output"] == outputs
+    assert info["output_node"] is (node_id == "MovaMux")
+
+
+def test_loader_lists_the_tiny_checkpoint(comfy, mova_checkpoint):
+    options = comfy.object_info("MovaLoader")["MovaLoader"]["input"]["required"]["checkpoint"]
+    choices = options[0] if isinstance(options[0], list) else options[1].get("options", [])
+    assert mova_checkpoint in choices
+
+
+# -- the four shipped workflows -------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def shipped_runs(comfy, mova_checkpoint, tmp_path_factory):
+    """name -> (patched workflow, RunResult, output files before): each shipped workflow run once, on demand."""
+    upload_media(comfy, tmp_path_factory.mktemp("media"))
+    cache = {}
+
+    def run(name):
+        if name not in cache:
+            wf = patch_for_speed(load_api(name), mova_checkpoint, prefix=f"mova_test/{name}")
+            before = output_files(comfy)
+            result = comfy.run(wf, timeout=300)
+            cache[name] = (wf, result, before)
+        return cache[name]
+
+    return run
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_workflow_writes_mp4_with_requested_streams(comfy, mova_checkpoint, shipped_runs, name):
+    wf, result, before = shipped_runs(name)
+    assert result.status == "success", f"{name}: {result.error}\n{comfy.server.log_tail(30)}"
+    mux = node_of(wf, "MovaMux")
+    assert mux in result.executed_nodes()
+    videos = [p for p in result.outputs if p.suffix == ".mp4"]
+    assert len(videos) == 1, result.output_records
+    record = result.output_records[mux]
+    assert any(item["filename"] == videos[0].name for items in record.values() for item in items)
+    new = video_files(output_files(comfy) - before)
+    assert len(new) == 1 and not any(p.name.startswith(".") for p in new), new  # one mp4, no temporary left
+
+    info = probe_media(videos[0])
+    rate = dac_sample_rate(comfy, mova_checkpoint)
+    assert (info.width, info.height) == (TINY["width"], TINY["height"])
+    assert info.frames == TINY["frames"]
+    assert info.fps == pytest.approx(TINY["fps"])
+    assert info.video_seconds == pytest.approx(TINY["frames"] / TINY["fps"])
+    assert info.video_codec == "h264" and info.audio_codec == "aac"
+    assert info.audio_rate == rate
+    assert abs(info.audio_seconds - info.video_seconds) <= 1.0 / TINY["fps"], info
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_progress_and_previews_arrive_on_the_websocket(shipped_runs, name):
+    wf, result, _ = shipped_runs(name)
+    assert result.status == "success", result.error
+    steps = TINY["steps"]
+    sampler = node_of(wf, "MovaJointSampler")
+    assert result.progress_count >= steps
+    assert result.preview_count >= steps
+    sampler_progress = [e["data"] for e in result.events if e["type"] == "progress" and str(e["data"].get("node")) == sampler]
+    assert [(p["value"], p["max"]) for p in sampler_progress] == [(i, steps) for i in range(1, steps + 1)]
+    previews = [e for e in result.events if e["type"] == "binary" and e["kind"] in (1, 4)]
+    assert all(e["bytes"] > 100 for e in previews)  # a real JPEG, not an empty frame
+
+
+def test_memory_plan_is_shown(shipped_runs, mova_checkpoint):
+    wf, result, _ = shipped_runs("i2va")
+    plan = next(nid for nid in nodes_of(wf, "PreviewAny") if wf[nid]["inputs"]["source"][0] == node_of(wf, "MovaLoader"))
+    text = text_of(result, plan)
+    assert mova_checkpoint in text and "float32" in text and "cpu" in text
+
+
+def test_a2v_notes_say_resampled_mixed_and_padded(comfy, mova_checkpoint, shipped_runs):
+    wf, result, _ = shipped_runs("a2v")
+    assert result.status == "success", result.error
+    driver = node_of(wf, "MovaAudioDriver")
+    notes_node = next(nid for nid in nodes_of(wf, "PreviewAny") if wf[nid]["inputs"]["source"][0] == driver)
+    notes = text_of(result, notes_node)
+    rate = dac_sample_rate(comfy, mova_checkpoint)
+    assert f"resampled {VOICE_RATE} Hz -> {rate} Hz" in notes, notes
+    assert "mixed 2 channels to mono" in notes, notes
+    clip_seconds = TINY["frames"] / TINY["fps"]
+    assert f"padded with silence from 0.70 s to the clip's {clip_seconds:.2f} s" in notes, notes
+
+
+def test_v2a_notes_say_frames_trimmed(shipped_runs):
+    wf, result, _ = shipped_runs("v2a")
+    assert result.status == "success", result.error
+    driver = node_of(wf, "MovaVideoDriver")
+    notes_node = next(nid for nid in nodes_of(wf, "PreviewAny") if wf[nid]["inputs"]["source"][0] == driver)
+    notes = text_of(result, notes_node)
+    assert f"used the first {TINY['frames']} of {CLIP_FRAMES} frames" in notes, notes
+
+
+# -- our decoder feeding ComfyUI's own video nodes --------------------------------------------------------------
+def test_decoder_feeds_core_create_video_and_save_video(comfy, mova_checkpoint):
+    wf = patch_for_speed(load_api("i2va"), mova_checkpoint, seed=7)
+    decoder = node_of(wf, "MovaAVDecoder")
+    del wf[node_of(wf, "MovaMux")]
+    wf["20"] = {"class_type": "CreateVideo",
+                "inputs": {"images": [decoder, 0], "fps": TINY["fps"], "audio": [decoder, 1]}}
+    wf["21"] = {"class_type": "SaveVideo",
+                "inputs": {"video": ["20", 0], "filename_prefix": "mova_test/core_video", "format": "mp4",
+                           "codec": "h264"}}  # fmt: skip
+    result = comfy.run(wf, timeout=300)
+    assert result.status == "success", f"{result.error}\n{comfy.server.log_tail(30)}"
+    (video,) = [p for p in result.outputs if p.suffix == ".mp4"]
+    info = probe_media(video)
+    assert info.frames == TINY["frames"] and (info.width, info.height) == (TINY["width"], TINY["height"])
+    assert info.fps == pytest.approx(TINY["fps"])
+    assert info.audio_codec is not None and info.audio_seconds > 0
+    assert abs(info.audio_seconds - info.video_seconds) <= 1.0 / TINY["fps"], info
