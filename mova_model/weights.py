@@ -163,6 +163,7 @@ def read_safetensors_header(path: Path, component: str = "") -> Tuple[Dict[str, 
     tensors: Dict[str, TensorInfo] = {}
     spans: List[Tuple[int, int, str]] = []
     data_size = size - 8 - header_len
+    past_end: List[Tuple[int, str]] = []
     for key, entry in header.items():
         if not isinstance(entry, dict) or not {"dtype", "shape", "data_offsets"} <= set(entry):
             problems.append(Problem(component, "corrupt header entry (needs dtype, shape, data_offsets)", key=key,
@@ -185,11 +186,15 @@ def read_safetensors_header(path: Path, component: str = "") -> Tuple[Dict[str, 
                                     expected=f"{want} bytes", found=f"{end - begin} bytes", file=name))
             continue
         if end > data_size:
-            problems.append(Problem(component, "tensor data runs past the end of the file (truncated?)", key=key,
-                                    expected=f"data up to byte {end}", found=f"{data_size} data bytes", file=name))
+            past_end.append((end, key))
             continue
         spans.append((begin, end, key))
         tensors[key] = TensorInfo(key, dtype, tuple(shape), path, (begin, end))
+    if past_end:  # one problem per file: a truncated download cuts off every tensor after the cut
+        end, key = max(past_end)
+        problems.append(Problem(component, f"tensor data runs past the end of the file (truncated?): {len(past_end)} "
+                                f"tensor(s) incomplete", key=key, expected=f"data up to byte {end}",
+                                found=f"{data_size} data bytes", file=name))
     if problems:
         return {}, metadata, problems
     cursor = 0
