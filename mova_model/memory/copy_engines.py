@@ -1,0 +1,257 @@
+"""Copy engines for `mova_model.memory.streaming.BlockStreamer`: how a module's bytes reach the compute device.
+
+`CudaCopyEngine` copies from pinned host memory on a side CUDA stream, ordered against the compute stream with
+events. `ThrottledCopyEngine` is the CPU simulation (tests, `bench/overlap.py`): a worker thread does a real
+memcpy into separate "device" buffers, paced to a set bandwidth. Both have one serial copy queue, like one
+DMA engine, and the same interface (`CopyEngine`), so the streamer's prefetch logic is shared.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+
+from .layout import BlockLayout, byte_view
+
+
+class CopyEngine:
+    """Interface of the asynchronous copier a `BlockStreamer` drives.
+
+    `allocate(n)` returns a flat uint8 device buffer; `submit(layout, slot, slot_id)` starts copying the
+    layout's bytes into `slot` and returns a ticket; `wait(ticket)` makes the computation wait for that copy;
+    `release(slot_id)` marks the end of the computation that reads the slot (a later copy into it waits for
+    that point); `onload(layout)` copies synchronously into a fresh buffer (resident modules).
+    """
+
+    device: torch.device
+
+    def allocate(self, nbytes: int) -> torch.Tensor:
+        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+
+    def register(self, layout: BlockLayout) -> int:
+        """Called once per streamed layout; returns host bytes it pinned (0 by default)."""
+        return 0
+
+    def reserve(self, slot_bytes: int) -> int:
+        """Called once with the slot size before any copy; returns host bytes it allocated (0 by default)."""
+        return 0
+
+    def submit(self, layout: BlockLayout, slot: torch.Tensor, slot_id: int) -> Any:
+        raise NotImplementedError
+
+    def wait(self, ticket: Any) -> None:
+        raise NotImplementedError
+
+    def release(self, slot_id: int) -> None:
+        """Compute that reads slot `slot_id` has been issued."""
+
+    def onload(self, layout: BlockLayout) -> torch.Tensor:
+        buffer = self.allocate(layout.nbytes)
+        layout.copy_into(buffer)
+        return buffer
+
+    def close(self) -> None:
+        """Stop worker threads and drop host buffers."""
+
+
+class _Worker:
+    """A single FIFO worker thread (one copy engine = one serial copy queue)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._queue: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
+        self._thread: Optional[threading.Thread] = None
+
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            job()
+
+    def put(self, job: Callable[[], None]) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
+            self._thread.start()
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """Finish queued jobs and end the thread (a later `put` starts a new one)."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join(timeout=60)
+            self._thread = None
+
+
+@dataclass
+class _Ticket:
+    done: threading.Event = field(default_factory=threading.Event)
+    error: Optional[BaseException] = None
+    cuda_event: Any = None
+
+
+class ThrottledCopyEngine(CopyEngine):
+    """CPU simulation of a host->device link: a worker thread memcpys into separate buffers at `bandwidth`.
+
+    The copy is real (every byte is moved into a buffer distinct from the host tensors) and is paced in
+    `chunk_bytes` pieces so that n bytes take n / bandwidth seconds. `bandwidth` in bytes/s; None = unpaced.
+    """
+
+    def __init__(self, bandwidth: Optional[float] = None, chunk_bytes: int = 1 << 20) -> None:
+        self.device = torch.device("cpu")
+        self.bandwidth = bandwidth
+        self.chunk_bytes = int(chunk_bytes)
+        self.bytes_copied = 0
+        self.busy_s = 0.0
+        self._worker = _Worker("mova-throttled-copy")
+
+    def _paced_copy(self, layout: BlockLayout, slot: torch.Tensor) -> None:
+        start = time.perf_counter()
+        done = 0
+        for tensor, offset in layout.sources:
+            src = byte_view(tensor)
+            for lo in range(0, src.numel(), self.chunk_bytes):
+                piece = src[lo:lo + self.chunk_bytes]
+                slot[offset + lo:offset + lo + piece.numel()].copy_(piece)
+                done += piece.numel()
+                if self.bandwidth:
+                    delay = start + done / self.bandwidth - time.perf_counter()
+                    if delay > 0:
+                        time.sleep(delay)
+        self.bytes_copied += done
+        self.busy_s += time.perf_counter() - start
+
+    def submit(self, layout: BlockLayout, slot: torch.Tensor, slot_id: int) -> _Ticket:
+        ticket = _Ticket()
+
+        def job() -> None:
+            try:
+                self._paced_copy(layout, slot)
+            except BaseException as exc:  # reported to the waiting compute thread
+                ticket.error = exc
+            finally:
+                ticket.done.set()
+
+        self._worker.put(job)
+        return ticket
+
+    def wait(self, ticket: _Ticket) -> None:
+        ticket.done.wait()
+        if ticket.error is not None:
+            raise RuntimeError("streamed copy failed") from ticket.error
+
+    def onload(self, layout: BlockLayout) -> torch.Tensor:
+        buffer = self.allocate(layout.nbytes)
+        self.wait(self.submit(layout, buffer, -1))
+        return buffer
+
+    def close(self) -> None:
+        self._worker.stop()
+
+
+class CudaCopyEngine(CopyEngine):
+    """Host->GPU copies on a side CUDA stream, ordered against the compute stream with events.
+
+    pin="all": each streamed module's bytes are copied once into its own pinned host buffer (host RAM =
+    streamed bytes) and every later copy is one DMA. pin="ring": `staging` pinned buffers are reused; a
+    worker thread memcpys the (memory-mapped) host tensors into a free staging buffer, then issues the DMA.
+    """
+
+    def __init__(self, device: torch.device | str = "cuda", pin: str = "ring", staging: int = 2) -> None:
+        if pin not in ("all", "ring"):
+            raise ValueError(f"pin must be 'all' or 'ring', got {pin!r}")
+        self.device = torch.device(device)
+        if self.device.type != "cuda":
+            raise ValueError(f"CudaCopyEngine needs a CUDA device, got {self.device}")
+        self.pin = pin
+        self.stream = torch.cuda.Stream(device=self.device)
+        self._pinned: Dict[int, torch.Tensor] = {}
+        self._release: Dict[int, Any] = {}
+        self._staging: List[torch.Tensor] = []
+        self._staging_events: List[Any] = []
+        self._staging_count = max(1, int(staging))
+        self._next_staging = 0
+        self._worker = _Worker("mova-cuda-copy")
+
+    def register(self, layout: BlockLayout) -> int:
+        if self.pin != "all" or id(layout) in self._pinned:
+            return 0
+        host = torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=True)
+        layout.copy_into(host)
+        self._pinned[id(layout)] = host
+        return layout.nbytes
+
+    def reserve(self, slot_bytes: int) -> int:
+        if self.pin != "ring":
+            return 0
+        self._ensure_staging(slot_bytes)
+        return slot_bytes * self._staging_count
+
+    def _ensure_staging(self, nbytes: int) -> None:
+        if self._staging and self._staging[0].numel() >= nbytes:
+            return
+        torch.cuda.synchronize(self.device)
+        self._staging = [torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(self._staging_count)]
+        self._staging_events = [None] * self._staging_count
+
+    def _dma(self, src: torch.Tensor, slot: torch.Tensor, release_event: Any) -> Any:
+        with torch.cuda.stream(self.stream):
+            if release_event is not None:
+                self.stream.wait_event(release_event)
+            slot[:src.numel()].copy_(src, non_blocking=True)
+            event = torch.cuda.Event()
+            event.record(self.stream)
+        return event
+
+    def submit(self, layout: BlockLayout, slot: torch.Tensor, slot_id: int) -> _Ticket:
+        ticket = _Ticket()
+        release_event = self._release.pop(slot_id, None)
+        pinned = self._pinned.get(id(layout))
+        if pinned is not None:
+            ticket.cuda_event = self._dma(pinned, slot, release_event)
+            ticket.done.set()
+            return ticket
+        self._ensure_staging(layout.nbytes)
+
+        def job() -> None:
+            try:
+                index = self._next_staging
+                self._next_staging = (index + 1) % self._staging_count
+                previous = self._staging_events[index]
+                if previous is not None:
+                    previous.synchronize()  # the staging buffer's last DMA has finished
+                staging = self._staging[index][:layout.nbytes]
+                layout.copy_into(staging)
+                ticket.cuda_event = self._dma(staging, slot, release_event)
+                self._staging_events[index] = ticket.cuda_event
+            except BaseException as exc:
+                ticket.error = exc
+            finally:
+                ticket.done.set()
+
+        self._worker.put(job)
+        return ticket
+
+    def wait(self, ticket: _Ticket) -> None:
+        ticket.done.wait()
+        if ticket.error is not None:
+            raise RuntimeError("streamed copy failed") from ticket.error
+        torch.cuda.current_stream(self.device).wait_event(ticket.cuda_event)
+
+    def release(self, slot_id: int) -> None:
+        event = torch.cuda.Event()
+        event.record(torch.cuda.current_stream(self.device))
+        self._release[slot_id] = event
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.stop()
+        torch.cuda.synchronize(self.device)
+        self._pinned.clear()
+        self._staging, self._staging_events = [], []
+        self._release.clear()

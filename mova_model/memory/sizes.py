@@ -1,0 +1,277 @@
+"""Sizes, FLOPs and memory estimates of MOVA's components, derived from the checkpoint's configs alone.
+
+`Architecture` holds what the planner needs of a checkpoint (tower widths, layer counts, bridge layers, text
+encoder shape); its parameter counts reproduce `shared/spec/manifests/summary.json` exactly for the released
+models. `execution_modules` lists the modules `denoiser.execution_order` yields, with their bytes on the device
+(bf16 or fp8, with the streamer's 256-byte alignment) and FLOPs per pass; `activation_bytes` and `vae_bytes`
+are the activation and VAE working-set estimates (constants stated with their derivation below).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+GB = 1e9
+ALIGN = 256  # per-tensor alignment inside a streaming slot (streaming.ALIGN_BYTES)
+TEXT_TOKENS = 512  # the pipeline always pads the prompt to 512 tokens
+DEFAULT_TFLOPS = 615.0
+"""Sustained bf16 TFLOP/s of the compute device. 615 reproduces the ~4.5 s of H100 compute per 360p dual-tower
+pass quoted for the official pipeline (2.77 PFLOP per pass by `execution_modules`: 2.57 video blocks, 0.19
+bridge, 0.001 audio blocks)."""
+ACT_SLACK = 1.2
+"""Allocator slack on top of the activation estimate (fragmentation of the caching allocator)."""
+ROPE_CHUNK_BYTES = 0.5 * GB
+"""float64 RoPE temporaries (rope.apply_complex_rope processes heads in 256 MB groups: input + product)."""
+VAE_BYTES_PER_PIXEL = 9216.0
+"""Wan VAE decode working set per output pixel of one latent-frame chunk: ~12 live tensors of 4 frames ×
+96 channels × 2 bytes at full resolution (the widest stage). An estimate, to be calibrated on a GPU."""
+VAE_TILE = 256 + 64
+"""Tiled decode: 256-pixel tiles plus their blending overlap."""
+RUNTIME_HOST_BYTES = 3.0 * GB
+"""Host RAM of the process itself (Python, torch, CUDA host state, latents, tokenizer)."""
+HOST_COPY_GBPS = 10.0
+"""Single-thread memcpy from the page cache into a pinned staging buffer (ring mode)."""
+
+
+# --------------------------------------------------------------------------------------------------------------
+# architecture
+
+
+@dataclass(frozen=True)
+class TowerShape:
+    """What the planner needs of a DiT tower (`VideoDiTConfig` / `AudioDiTConfig`)."""
+
+    dim: int
+    ffn_dim: int
+    num_layers: int
+    in_dim: int
+    out_dim: int
+    patch_volume: int
+    text_dim: int
+    freq_dim: int
+    head_dim: int
+
+    @classmethod
+    def from_config(cls, config) -> "TowerShape":
+        return cls(config.dim, config.ffn_dim, config.num_layers, config.in_dim, config.out_dim,
+                   math.prod(config.patch_size), config.text_dim, config.freq_dim, config.dim // config.num_heads)
+
+    def block_params(self) -> Tuple[int, int, int]:
+        """(matrix params, vector params, matrix count) of one `DiTBlock`."""
+        d, f = self.dim, self.ffn_dim
+        return 8 * d * d + 2 * d * f, 21 * d + f, 10
+
+    def stem_params(self) -> int:
+        """Embeddings, time MLPs and head (everything but the blocks)."""
+        d, p = self.dim, self.patch_volume
+        patch = d * self.in_dim * p + d
+        text = self.text_dim * d + d + d * d + d
+        time = self.freq_dim * d + d + d * d + d + d * 6 * d + 6 * d
+        head = 2 * d + d * self.out_dim * p + self.out_dim * p
+        return patch + text + time + head
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Sizes of a MOVA checkpoint, derived from its configs (or `released()` for the published models)."""
+
+    video: TowerShape
+    audio: TowerShape
+    bridge_layers: Tuple[int, ...]
+    te_d_model: int
+    te_d_ff: int
+    te_inner: int
+    te_layers: int
+    te_vocab: int
+    te_heads: int
+    audio_hop: int
+    audio_sample_rate: int
+    vae_params: int = 126_892_531
+    audio_vae_params: int = 371_539_137
+
+    @classmethod
+    def from_configs(cls, configs) -> "Architecture":
+        """From `mova_model.configs.MovaConfigs` (reads no weight)."""
+        b = configs.dual_tower_bridge
+        shared = min(b.visual_layers, b.audio_layers)
+        layers = tuple(interaction_layers(b.interaction_strategy, shared))
+        te = configs.text_encoder
+        arch = cls(TowerShape.from_config(configs.video_dit), TowerShape.from_config(configs.audio_dit), layers,
+                   te.d_model, te.d_ff, te.num_heads * te.d_kv, te.num_layers, te.vocab_size, te.num_heads,
+                   configs.audio_vae.hop_length, configs.audio_vae.sample_rate)
+        if arch == replace(cls.released(), vae_params=arch.vae_params, audio_vae_params=arch.audio_vae_params):
+            return arch
+        # not the released architecture: count the VAEs' parameters from the safetensors headers (no weight is
+        # read), or, for a folder of configs only, on the meta device
+
+        def count(name: str) -> int:
+            from ..weights import SafetensorsStore
+
+            store = SafetensorsStore(Path(configs.root) / name, name)
+            if store.tensors and not store.problems:
+                return sum(info.numel for info in store.tensors.values())
+            from ..checkpoint import build_meta_module
+            return sum(p.numel() for p in build_meta_module(name, getattr(configs, name)).parameters())
+        return replace(arch, vae_params=count("video_vae"), audio_vae_params=count("audio_vae"))
+
+    @classmethod
+    def released(cls) -> "Architecture":
+        """MOVA-360p / MOVA-720p (identical architecture; checkpoint-layout.md §3)."""
+        video = TowerShape(5120, 13824, 40, 36, 16, 4, 4096, 256, 128)
+        audio = TowerShape(1536, 8960, 30, 128, 128, 1, 4096, 256, 128)
+        return cls(video, audio, tuple(range(30)), 4096, 10240, 4096, 24, 256384, 64, 960, 48000)
+
+    def bridge_params(self) -> Dict[str, Tuple[int, int, int]]:
+        """(matrix, vector, matrix count) params of one audio->video and one video->audio conditioner."""
+        dv, da = self.video.dim, self.audio.dim
+        return {"a2v": (2 * dv * dv + 2 * dv * da, 6 * dv + 2 * da, 4),
+                "v2a": (2 * da * da + 2 * da * dv, 6 * da + 2 * dv, 4)}
+
+    def text_encoder_params(self) -> Tuple[int, int]:
+        """(params of one encoder layer, params outside the layers) of the UMT5 encoder."""
+        layer = 4 * self.te_d_model * self.te_inner + 3 * self.te_d_model * self.te_d_ff + 2 * self.te_d_model
+        layer += 32 * self.te_heads  # relative attention bias table, in every UMT5 layer
+        return layer, self.te_vocab * self.te_d_model + self.te_d_model
+
+
+def interaction_layers(strategy: str, shared: int) -> List[int]:
+    """Interacting layer indices of the bridge (mirrors `ConditionalBridgeController.get_interaction_layers`)."""
+    if strategy == "full":
+        return list(range(shared))
+    if strategy == "shallow_focus":
+        return list(range(min(10, shared // 3)))
+    if strategy == "distributed":
+        return list(range(0, shared, 3))
+    if strategy == "progressive":
+        return list(range(min(8, shared))) + (list(range(8, shared, 3)) if shared > 8 else [])
+    if strategy == "custom":
+        return [i for i in (0, 2, 4, 6, 8, 12, 16, 20) if i < shared]
+    raise ValueError(f"unknown bridge interaction_strategy {strategy!r}")
+
+
+# --------------------------------------------------------------------------------------------------------------
+# inputs and modules
+
+
+@dataclass(frozen=True)
+class PlanInputs:
+    """Everything a plan depends on. Sizes in bytes, speeds in GB/s and TFLOP/s."""
+
+    vram_bytes: float
+    ram_bytes: float
+    width: int = 640
+    height: int = 352
+    frames: int = 193
+    fps: float = 24.0
+    cfg_passes: int = 2
+    weights: str = "bf16"  # storage on the device: "bf16" or "fp8"
+    stored: str = "bf16"  # storage on disk: "bf16" or "fp8" (pre-quantized folder)
+    mode: str = "auto"  # "auto" (free VRAM), "budget" (user VRAM budget), "resident" (all resident or fail)
+    prefetch_depth: Optional[int] = None  # None: chosen by the planner
+    pcie_gbps: float = 25.0
+    tflops: float = DEFAULT_TFLOPS
+    hbm_gbps: float = 3000.0
+    disk_gbps: float = 3.0
+    steps: int = 50
+    variant: str = ""
+
+    def validate(self) -> None:
+        if self.weights not in ("bf16", "fp8") or self.stored not in ("bf16", "fp8"):
+            raise ValueError("weights and stored must be 'bf16' or 'fp8'")
+        if self.mode not in ("auto", "budget", "resident"):
+            raise ValueError(f"mode must be auto, budget or resident, got {self.mode!r}")
+        if self.width % 16 or self.height % 16 or (self.frames - 1) % 4:
+            raise ValueError(f"{self.width}x{self.height}x{self.frames}: width/height must be multiples of 16 and "
+                             "frames 4k+1 (e.g. 193)")
+        if self.vram_bytes <= 0 or self.ram_bytes <= 0 or self.cfg_passes < 1:
+            raise ValueError("VRAM, RAM and cfg passes must be positive")
+
+    @property
+    def video_tokens(self) -> int:
+        """Tokens after patchify: ((F-1)/4+1) × H/16 × W/16 (43,120 at 352×640×193)."""
+        return ((self.frames - 1) // 4 + 1) * (self.height // 16) * (self.width // 16)
+
+    def audio_tokens(self, arch: Architecture) -> int:
+        samples = int(arch.audio_sample_rate * self.frames / self.fps)
+        return (samples - 1) // arch.audio_hop + 1
+
+
+@dataclass
+class ModulePlan:
+    """One executor-called module: name (as `module_tags` spells it), kind, bytes on the device, FLOPs per pass."""
+
+    name: str
+    kind: str
+    nbytes: int
+    flops: float
+    resident: bool = False
+
+
+def _bytes(matrix: int, vector: int, matrices: int, tensors: int, fp8: bool) -> int:
+    if fp8:
+        return matrix + 2 * vector + 4 * matrices + ALIGN * (tensors + matrices)
+    return 2 * (matrix + vector) + ALIGN * tensors
+
+
+def execution_modules(arch: Architecture, inputs: PlanInputs) -> List[ModulePlan]:
+    """The modules `denoiser.execution_order` yields, in call order, with device bytes and FLOPs per pass."""
+    fp8 = inputs.weights == "fp8"
+    n, na, txt = inputs.video_tokens, inputs.audio_tokens(arch), TEXT_TOKENS
+    out: List[ModulePlan] = []
+
+    def block(tower: TowerShape, tokens: int) -> Tuple[int, float]:
+        m, v, k = tower.block_params()
+        d, f = tower.dim, tower.ffn_dim
+        flops = 2 * tokens * (6 * d * d + 2 * d * f) + 2 * txt * 2 * d * d + 4 * tokens * tokens * d + 4 * tokens * txt * d
+        return _bytes(m, v, k, 27, fp8), flops
+
+    vb, vf = block(arch.video, n)
+    ab, af = block(arch.audio, na)
+    cond = arch.bridge_params()
+    dv, da = arch.video.dim, arch.audio.dim
+    a2v_b = _bytes(*cond["a2v"], 12, fp8)
+    v2a_b = _bytes(*cond["v2a"], 12, fp8)
+    a2v_f = 2 * n * 2 * dv * dv + 2 * na * 2 * dv * da + 4 * n * na * dv
+    v2a_f = 2 * na * 2 * da * da + 2 * n * 2 * da * dv + 4 * na * n * da
+    shared = min(arch.video.num_layers, arch.audio.num_layers)
+    layers = set(arch.bridge_layers)
+    for i in range(shared):
+        if i in layers:
+            out.append(ModulePlan(f"dual_tower_bridge.audio_to_video_conditioners.{i}", "a2v", a2v_b, a2v_f))
+            out.append(ModulePlan(f"dual_tower_bridge.video_to_audio_conditioners.{i}", "v2a", v2a_b, v2a_f))
+        out.append(ModulePlan(f"video_dit.blocks.{i}", "video", vb, vf))
+        out.append(ModulePlan(f"audio_dit.blocks.{i}", "audio", ab, af))
+    for i in range(shared, arch.video.num_layers):
+        out.append(ModulePlan(f"video_dit.blocks.{i}", "video", vb, vf))
+    return out
+
+
+def activation_bytes(arch: Architecture, inputs: PlanInputs) -> float:
+    """Peak activation memory of one dual-tower pass (bytes), B = 1, bf16 activations.
+
+    Self-attention holds x, the modulated input, q, k, v, roped q/k and the attention output (~8 copies of
+    [N, D] bf16 = 16·N·D bytes) plus the float64 RoPE groups; the FFN holds x, the modulated input and two
+    [N, ffn] tensors (8·N·D + 4·N·ffn). The larger of the two, the complex128 RoPE table and the slack.
+    """
+    n, d, f = inputs.video_tokens, arch.video.dim, arch.video.ffn_dim
+    attn = 16.0 * n * d + ROPE_CHUNK_BYTES
+    ffn = 8.0 * n * d + 4.0 * n * f
+    freqs = n * (arch.video.head_dim // 2) * 16.0
+    audio = 20.0 * inputs.audio_tokens(arch) * arch.audio.ffn_dim
+    return (max(attn, ffn) + freqs + audio) * ACT_SLACK
+
+
+def vae_bytes(arch: Architecture, inputs: PlanInputs, tiled: bool) -> float:
+    """Peak VRAM of the Wan VAE encode/decode (bytes): weights + working set + the decoded video (fp32, cat)."""
+    pixels = inputs.width * inputs.height
+    work = VAE_BYTES_PER_PIXEL * (min(pixels, VAE_TILE * VAE_TILE) if tiled else pixels)
+    output = 3.0 * inputs.frames * pixels * 4 * 2
+    return 2.0 * arch.vae_params + work + output
+
+
+def margin_bytes(vram: float) -> float:
+    """Reserve for allocator fragmentation and kernels' workspaces: 0.5 GB + 5 % of the budget."""
+    return 0.5 * GB + 0.05 * vram
