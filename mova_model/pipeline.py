@@ -17,7 +17,6 @@ low-noise expert is only built at the expert switch and the high-noise expert is
 from __future__ import annotations
 
 import logging
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable, Dict, Optional, Tuple
@@ -30,7 +29,8 @@ from .checkpoint import MovaCheckpoint, build_meta_module
 from .conditioning import first_frame_condition
 from .guidance import GuidanceConfig
 from .image_preprocess import crop_and_resize, to_model_range, white_frame
-from .lora import LoraPatch, LoraPatchSet, clear as clear_lora
+from .lora import LoraPatch, LoraPatchSet
+from .model_store import ComponentCache, MemoryOptions, SamplingModels
 from .sampler import HeldStream, SamplingInputs, SamplingStats, StepInfo, sample as run_sampler, seeded_noise
 from .scheduler import FlowMatchPairScheduler
 from .text_encoder import TextEncoder
@@ -97,92 +97,66 @@ def validate_geometry(width: int, height: int, num_frames: int, video_fps: float
         raise InputError("; ".join(problems))
 
 
-class ComponentCache:
-    """Built modules of one checkpoint, shared by every pipeline view of it (LoRA copies included).
-
-    `materialized` counts builds per component, so tests can check what was (not) loaded.
-    """
-
-    def __init__(self, checkpoint: MovaCheckpoint, device: torch.device, dtype: torch.dtype) -> None:
-        self.checkpoint = checkpoint
-        self.device = device
-        self.dtype = dtype
-        self.modules: Dict[str, nn.Module] = {}
-        self.materialized: Counter = Counter()
-
-    def get(self, name: str, dtype: Optional[torch.dtype] = None) -> nn.Module:
-        if name not in self.modules:
-            module = self.checkpoint.build(name, dtype=dtype)
-            if self.device.type != "cpu":
-                module = module.to(self.device)
-            module.eval()
-            self.modules[name] = module
-            self.materialized[name] += 1
-            logger.info("built %s on %s", name, self.device)
-        return self.modules[name]
-
-    def release(self, name: str) -> None:
-        if self.modules.pop(name, None) is not None:
-            logger.info("released %s", name)
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-
-
-class _SamplingModels:
-    """The `DenoiserModels` view the sampler uses: cache access plus the LoRA patches of one pipeline."""
-
-    def __init__(self, cache: ComponentCache, patches: LoraPatchSet) -> None:
-        self.cache = cache
-        self.patches = patches
-        self.patched: Dict[str, nn.Module] = {}
-
-    def module(self, name: str) -> nn.Module:
-        module = self.cache.get(name)
-        if name not in self.patched:
-            clear_lora(module)
-            if self.patches:
-                count = self.patches.apply(name, module)
-                logger.info("LoRA: %d layers of %s patched", count, name)
-            self.patched[name] = module
-        return module
-
-    def release(self, name: str) -> None:
-        module = self.patched.pop(name, None)
-        if module is not None:
-            clear_lora(module)
-        self.cache.release(name)
-
-    def executor(self, name: str) -> Optional[Callable]:
-        return None
-
-    def finish(self) -> None:
-        for module in self.patched.values():
-            clear_lora(module)
-        self.patched.clear()
-
-
 class MovaPipeline:
     """A MOVA checkpoint folder ready to generate. Cheap to create: nothing is loaded until used."""
 
     def __init__(self, checkpoint: MovaCheckpoint, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, cache: Optional[ComponentCache] = None,
-                 lora: Optional[LoraPatchSet] = None) -> None:
+                 lora: Optional[LoraPatchSet] = None, memory: Optional[MemoryOptions] = None) -> None:
         self.checkpoint = checkpoint
         self.configs = checkpoint.configs
         self.device = torch.device(device)
         self.dtype = dtype
-        self.cache = cache or ComponentCache(checkpoint, self.device, dtype)
+        self.memory = memory or MemoryOptions()
+        self.memory.validate()
+        self.cache = cache or ComponentCache(checkpoint, self.device, dtype, fp8=self.memory.weights == "fp8")
         self.lora = lora or LoraPatchSet()
         self.scheduler = FlowMatchPairScheduler(self.configs.scheduler)
         self.last_stats: Optional[SamplingStats] = None
+        self.last_plan = None
+        self.free_vram_probe: Optional[Callable[[float], float]] = None
+        """probe(bytes_needed) -> free VRAM in bytes; the ComfyUI node sets it to ask the host's model management
+        to make room and report what is free."""
 
     @classmethod
     def from_pretrained(cls, folder: Path | str, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32) -> "MovaPipeline":
+                        dtype: torch.dtype = torch.float32, memory: Optional[MemoryOptions] = None) -> "MovaPipeline":
         """Open and validate (headers only) a MOVA checkpoint folder; raises `CheckpointError` if broken."""
         checkpoint = MovaCheckpoint.open(Path(folder))
         checkpoint.validate()
-        return cls(checkpoint, device=device, dtype=dtype)
+        return cls(checkpoint, device=device, dtype=dtype, memory=memory)
+
+    # -- memory ---------------------------------------------------------------------------------------
+    def memory_plan(self, width: int = 640, height: int = 352, num_frames: int = 193, video_fps: float = 24.0,
+                    cfg_passes: int = 2, steps: int = 50, vram_bytes: Optional[float] = None):
+        """The `memory.planner.MemoryPlan` for a clip on this pipeline's device and memory options.
+
+        VRAM: `vram_bytes` if given, else the budget (mode "budget"), else the free VRAM reported by
+        `free_vram_probe` (the host) or by CUDA. Host RAM: the option, else what the OS reports available.
+        """
+        from .memory.planner import available_ram_bytes, free_vram_bytes, plan_memory
+        from .memory.quantize import stored_format
+        from .memory.sizes import GB, Architecture, PlanInputs
+
+        options = self.memory
+        ram_bytes = float(options.ram_budget_gb) * GB if options.ram_budget_gb else available_ram_bytes()
+        stored = stored_format(self.checkpoint.root)
+        inputs = PlanInputs(vram_bytes=1.0, ram_bytes=max(ram_bytes, 1.0), width=width, height=height,
+                            frames=num_frames, fps=video_fps, cfg_passes=cfg_passes, steps=steps,
+                            weights="fp8" if options.weights == "fp8" or stored == "fp8" else "bf16", stored=stored,
+                            mode=options.mode, prefetch_depth=options.prefetch_depth)
+        arch = Architecture.from_configs(self.configs)
+        if vram_bytes is None:
+            if options.mode == "budget":
+                vram_bytes = float(options.vram_budget_gb) * GB
+            elif self.free_vram_probe is not None:
+                # ask the host to make room for the all-resident peak first, then plan against what is free
+                need = plan_memory(replace(inputs, vram_bytes=1e15, mode="auto"), arch).vram_peak_bytes
+                vram_bytes = float(self.free_vram_probe(need))
+            else:
+                vram_bytes = free_vram_bytes(self.device)
+        inputs = replace(inputs, vram_bytes=max(float(vram_bytes), 1.0))
+        return plan_memory(inputs, arch)
 
     # -- geometry -------------------------------------------------------------------------------------
     @property
@@ -203,15 +177,24 @@ class MovaPipeline:
     # -- conditioning ---------------------------------------------------------------------------------
     def encode_prompts(self, prompts: list) -> torch.Tensor:
         """UMT5 embeddings `[len(prompts), 512, d_model]` (float32), padded rows zero. The encoder is built for
-        this call and released afterwards."""
-        module = self.cache.get("text_encoder", dtype=self.dtype)
+        this call and released afterwards. On a GPU it runs where the memory plan says: resident, with its 24
+        blocks streamed, or on the CPU when even that does not fit."""
+        placement = self.memory_plan().text_encoder if self.device.type == "cuda" else "resident"
+        module = self.cache.get("text_encoder", dtype=self.dtype, resident=placement == "resident")
         try:
             encoder = TextEncoder(self.checkpoint.root / "tokenizer", module)
             with torch.no_grad():
-                embeds = encoder.encode(list(prompts)).embeds
+                if placement == "streamed":
+                    from .memory.streaming import stack_streamer
+
+                    with stack_streamer(module, list(module.encoder.block), self.device) as streamer:
+                        streamer.attach()
+                        embeds = encoder.encode(list(prompts), device=self.device).embeds
+                else:
+                    embeds = encoder.encode(list(prompts)).embeds
         finally:
             self.cache.release("text_encoder")
-        return embeds.float()
+        return embeds.float().to(self.device)
 
     def video_vae(self) -> VideoVAE:
         vae_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
@@ -245,9 +228,11 @@ class MovaPipeline:
     # -- sampling -------------------------------------------------------------------------------------
     def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
                guidance: Optional[GuidanceConfig] = None, noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-               held: Optional[HeldStream] = None, callback: Optional[Callable[[StepInfo], None]] = None) -> JointLatents:
+               held: Optional[HeldStream] = None, callback: Optional[Callable[[StepInfo], None]] = None,
+               plan=None) -> JointLatents:
         """Denoise one clip. `noise` = (video, audio) initial noise to inject; else drawn from `seed` exactly as
-        the official script does. `callback(StepInfo)` runs after each step and may raise to cancel."""
+        the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
+        `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options."""
         c = conditioning
         video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
         if noise is None:
@@ -265,7 +250,18 @@ class MovaPipeline:
             prompt_embeds=c.prompt_embeds.to(self.device), negative_prompt_embeds=c.negative_prompt_embeds.to(self.device),
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
             audio_noise=audio_noise.to(self.device), video_fps=c.video_fps)
-        models = _SamplingModels(self.cache, self.lora)
+        if plan is None and (self.device.type == "cuda" or self.memory.mode == "budget"):
+            from .guidance import required_branches
+
+            passes = len(required_branches(guidance or GuidanceConfig()))
+            plan = self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps)
+        if plan is not None:
+            logger.info("memory plan:\n%s", plan.format())
+            if not plan.fits:
+                raise InputError("this clip does not fit in the memory available: " + "; ".join(plan.problems)
+                                 + " (lower the resolution or frame count, use fp8 weights, or free VRAM)")
+        self.last_plan = plan
+        models = SamplingModels(self.cache, self.lora, plan)
         stats = SamplingStats()
         try:
             with torch.no_grad():
@@ -322,13 +318,13 @@ class MovaPipeline:
             # Checked against the module built on the meta device: names and shapes, no weight read.
             single.check(component, build_meta_module(component, self.checkpoint.config(component)))
         clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
-                             lora=self.lora.with_patch(patch))
+                             lora=self.lora.with_patch(patch), memory=self.memory)
+        clone.free_vram_probe = self.free_vram_probe
         return clone
 
     def release_all(self) -> None:
         """Drop every built module (device memory first). Used after errors and interrupts."""
-        for name in list(self.cache.modules):
-            self.cache.release(name)
+        self.cache.release_all()
 
 
 def replace_conditioning(conditioning: Conditioning, **changes) -> Conditioning:

@@ -6,6 +6,7 @@ import logging
 import torch
 from comfy_api.latest import io
 
+from ..mova_model.model_store import MEMORY_MODES, WEIGHT_MODES, MemoryOptions
 from ..mova_model.pipeline import MovaPipeline
 from .paths import checkpoint_folders, checkpoint_path
 from .types import MovaModel, MovaModelHandle
@@ -24,6 +25,27 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' was chosen but no CUDA GPU is available (choose 'auto' or 'cpu')")
     return torch.device(choice)
+
+
+def host_vram_probe(device: torch.device):
+    """probe(bytes_needed) -> free VRAM: asks ComfyUI's model management to make room first (unloading other
+    models as it sees fit), then reports the free memory it sees on `device`."""
+    import comfy.model_management as mm
+
+    def probe(needed: float) -> float:
+        mm.free_memory(needed, device)
+        return float(mm.get_free_memory(device))
+
+    return probe
+
+
+def plan_summary(pipeline: MovaPipeline, name: str) -> str:
+    """The text the Loader shows: the memory plan for the model's default clip (640x352, 193 frames, text CFG)."""
+    head = f"{name}: compute {str(pipeline.dtype).replace('torch.', '')} on {pipeline.device}"
+    if pipeline.device.type != "cuda":
+        return (head + "\nCPU: weights stay memory-mapped from the checkpoint files and every layer computes from "
+                "them; no VRAM plan applies.")
+    return head + "\n" + pipeline.memory_plan().format()
 
 
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
@@ -52,6 +74,17 @@ class MovaLoader(io.ComfyNode):
                                tooltip="Compute dtype of the DiTs and text encoder. auto: bf16 on a GPU, fp32 on CPU."),
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
                                tooltip="Where the model computes. auto: ComfyUI's device."),
+                io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="auto",
+                               tooltip="auto: plan against the free VRAM ComfyUI reports (after asking it to make "
+                                       "room); budget: plan against vram_budget_gb; resident: everything on the GPU "
+                                       "or a clear error. The plan is shown on the plan output."),
+                io.Float.Input("vram_budget_gb", default=12.0, min=1.0, max=1024.0, step=0.5,
+                               tooltip="VRAM to plan against in 'budget' mode (GB)."),
+                io.Combo.Input("weights", options=list(WEIGHT_MODES), default="as stored",
+                               tooltip="fp8: store the DiT and bridge matrices as fp8 e4m3 with a per-tensor scale "
+                                       "(half the VRAM and transfer; small quality cost)."),
+                io.Int.Input("prefetch_depth", default=0, min=0, max=8, optional=True,
+                             tooltip="Advanced: blocks copied ahead of use when streaming (0 = the planner decides)."),
             ],
             outputs=[MovaModel.Output(display_name="model"), io.String.Output(display_name="plan")],
         )
@@ -66,12 +99,17 @@ class MovaLoader(io.ComfyNode):
         return True
 
     @classmethod
-    def execute(cls, checkpoint: str, dtype: str, device: str) -> io.NodeOutput:
+    def execute(cls, checkpoint: str, dtype: str, device: str, memory_mode: str = "auto", vram_budget_gb: float = 12.0,
+                weights: str = "as stored", prefetch_depth: int = 0) -> io.NodeOutput:
         folder = checkpoint_path(checkpoint)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
-        pipeline = MovaPipeline.from_pretrained(folder, device=torch_device, dtype=torch_dtype)
-        plan = f"{checkpoint}: compute {str(torch_dtype).replace('torch.', '')} on {torch_device}"
+        memory = MemoryOptions(mode=memory_mode, vram_budget_gb=float(vram_budget_gb), weights=weights,
+                               prefetch_depth=int(prefetch_depth) or None)
+        pipeline = MovaPipeline.from_pretrained(folder, device=torch_device, dtype=torch_dtype, memory=memory)
+        if torch_device.type == "cuda":
+            pipeline.free_vram_probe = host_vram_probe(torch_device)
+        plan = plan_summary(pipeline, checkpoint)
         logger.info("MOVA Loader: %s", plan)
         return io.NodeOutput(MovaModelHandle(pipeline=pipeline, name=checkpoint, plan_text=plan), plan)
 

@@ -12,7 +12,8 @@ from mova_model.av_io import probe_media
 
 # node_id -> (required inputs, optional inputs, outputs); "COMBO" stands for a list of choices.
 SCHEMAS = {
-    "MovaLoader": ({"checkpoint": "COMBO", "dtype": "COMBO", "device": "COMBO"}, {}, ["MOVA_MODEL", "STRING"]),
+    "MovaLoader": ({"checkpoint": "COMBO", "dtype": "COMBO", "device": "COMBO", "memory_mode": "COMBO",
+                    "vram_budget_gb": "FLOAT", "weights": "COMBO"}, {"prefetch_depth": "INT"}, ["MOVA_MODEL", "STRING"]),
     "MovaTextImageConditioner": (
         {"model": "MOVA_MODEL", "prompt": "STRING", "negative_prompt": "STRING", "width": "INT", "height": "INT",
          "frames": "INT", "fps": "FLOAT"},
@@ -126,6 +127,7 @@ def test_memory_plan_is_shown(shipped_runs, mova_checkpoint):
     plan = next(nid for nid in nodes_of(wf, "PreviewAny") if wf[nid]["inputs"]["source"][0] == node_of(wf, "MovaLoader"))
     text = text_of(result, plan)
     assert mova_checkpoint in text and "float32" in text and "cpu" in text
+    assert "memory-mapped" in text  # the CPU plan says how it computes
 
 
 def test_a2v_notes_say_resampled_mixed_and_padded(comfy, mova_checkpoint, shipped_runs):
