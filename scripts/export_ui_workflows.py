@@ -5,7 +5,8 @@ browser lists) from the API-format sources (`workflows/api/*_api.json`) through 
     .venv/bin/python scripts/export_ui_workflows.py [--venv .venv]
 
 Starts a headless ComfyUI with this pack and a tiny checkpoint, loads each API workflow into the frontend in
-headless Chromium (tests/browser/driver.mjs) and saves the graph as the frontend serializes it.
+headless Chromium (tests/browser/driver.mjs) and saves the graph as the frontend serializes it, with the
+seed's "control after generate" set to fixed.
 """
 from __future__ import annotations
 
@@ -48,6 +49,10 @@ def main() -> int:
                 logger.error("%s: driver exit %d\n%s\n%s", source.name, done.returncode, done.stdout, done.stderr)
                 return 1
             data = json.loads(target.read_text())
+            for node in data.get("nodes", []):  # ship fixed seeds: the frontend defaults them to "randomize"
+                values = node.get("widgets_values")
+                if isinstance(values, list):
+                    node["widgets_values"] = ["fixed" if v == "randomize" else v for v in values]
             target.write_text(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
             logger.info("wrote %s (%d nodes)", target.relative_to(REPO), len(data.get("nodes", [])))
     finally:

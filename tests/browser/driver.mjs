@@ -144,8 +144,13 @@ async function drive(opts, report) {
         if (!nodes.length) return;
         const minX = Math.min(...nodes.map((n) => n.pos[0]));
         const minY = Math.min(...nodes.map((n) => n.pos[1] - 40));
-        window.app.canvas.ds.scale = 1;
-        window.app.canvas.ds.offset = [120 - minX, 160 - minY];
+        const maxX = Math.max(...nodes.map((n) => n.pos[0] + (n.size ? n.size[0] : 200)));
+        const maxY = Math.max(...nodes.map((n) => n.pos[1] + (n.size ? n.size[1] : 100)));
+        // fit the whole graph, but never zoom in and never below a readable 60 %
+        const scale = Math.max(0.6, Math.min(1, (window.innerWidth - 200) / (maxX - minX),
+                                            (window.innerHeight - 240) / (maxY - minY)));
+        window.app.canvas.ds.scale = scale;
+        window.app.canvas.ds.offset = [120 / scale - minX, 160 / scale - minY];
         window.app.canvas.setDirty(true, true);
       } catch { /* keep the frontend's own view */ }
     });
