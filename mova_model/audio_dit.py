@@ -48,23 +48,3 @@ class AudioDiT(DiTTower):
     def head_out(self, x: torch.Tensor, e: torch.Tensor, grid: Tuple[int]) -> torch.Tensor:
         """Output head + unpatchify: tokens [B, f, dim], e [B, dim] -> [B, out_dim, L] in x's dtype."""
         return self.unpatchify(self.head(x, e), grid)
-
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """Single-tower forward, as `WanAudioModel.forward(x, timestep, context)`.
-
-        x: [B, in_dim, L]; timestep: [B] or [1] (0..1000); context: [B, L_text, text_dim] -> [B, out_dim, L]
-        in `dtype` (default `compute_dtype`), time embedding in float32.
-        """
-        dtype = dtype or self.compute_dtype
-        # 1. time and text conditioning
-        e, t_mod = self.embed_time(timestep, dtype)
-        context = self.embed_text(context.to(dtype))
-        # 2. patch embedding and RoPE
-        tokens, grid = self.patchify(x.to(dtype))
-        if e.shape[0] != tokens.shape[0]:
-            e, t_mod = e.expand(tokens.shape[0], -1), t_mod.expand(tokens.shape[0], -1, -1)
-        freqs = self.rope(grid, tokens.device)
-        # 3. blocks, 4. head and unpatchify
-        tokens = self.run_blocks(tokens, context, t_mod, freqs)
-        return self.head_out(tokens, e, grid)

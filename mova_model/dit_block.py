@@ -226,6 +226,27 @@ class DiTTower(nn.Module):
         """Text-encoder states [B, L, text_dim] -> tower context [B, L, dim] (Linear, tanh-GELU, Linear), in context's dtype."""
         return self.text_embedding(context)
 
+    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
+                dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+        """Single-tower forward, as the official `WanModel.forward` / `WanAudioModel.forward(x, timestep, context)`.
+
+        x: video [B, in_dim, T, H, W] or audio [B, in_dim, L]; timestep: [B] or [1] on the 0..1000 scale;
+        context: [B, L_text, text_dim]. Computes in `dtype` (default: the weights' dtype, `compute_dtype`) with
+        the time embedding in float32, and returns [B, out_dim, T, H, W] / [B, out_dim, L] in that dtype.
+        """
+        dtype = dtype or self.compute_dtype
+        # 1. time and text conditioning
+        e, t_mod = self.embed_time(timestep, dtype)
+        context = self.embed_text(context.to(dtype))
+        # 2. patch embedding and RoPE
+        tokens, grid = self.patchify(x.to(dtype))
+        if e.shape[0] != tokens.shape[0]:
+            e, t_mod = e.expand(tokens.shape[0], -1), t_mod.expand(tokens.shape[0], -1, -1)
+        freqs = self.rope(grid, tokens.device)
+        # 3. blocks, 4. head and unpatchify
+        tokens = self.run_blocks(tokens, context, t_mod, freqs)
+        return self.head_out(tokens, e, grid)
+
     def run_blocks(self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
         """All blocks in order (the single-tower forward); x [B, S, dim]."""
         for block in self.blocks:

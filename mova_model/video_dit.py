@@ -56,24 +56,3 @@ class VideoDiT(DiTTower):
     def head_out(self, x: torch.Tensor, e: torch.Tensor, grid: Tuple[int, int, int]) -> torch.Tensor:
         """Output head + unpatchify: tokens [B, N, dim], e [B, dim] -> [B, out_dim, T, H, W] in x's dtype."""
         return self.unpatchify(self.head(x, e), grid)
-
-    def forward(self, x: torch.Tensor, timestep: torch.Tensor, context: torch.Tensor,
-                dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-        """Single-tower forward, as `WanModel.forward(x, timestep, context)`.
-
-        x: [B, in_dim, T, H, W]; timestep: [B] or [1] on the 0..1000 scale; context: [B, L, text_dim].
-        Computes in `dtype` (default: the weights' dtype, `compute_dtype`) with the time embedding in float32,
-        and returns [B, out_dim, T, H, W] in that dtype.
-        """
-        dtype = dtype or self.compute_dtype
-        # 1. time and text conditioning
-        e, t_mod = self.embed_time(timestep, dtype)
-        context = self.embed_text(context.to(dtype))
-        # 2. patch embedding and RoPE
-        tokens, grid = self.patchify(x.to(dtype))
-        if e.shape[0] != tokens.shape[0]:
-            e, t_mod = e.expand(tokens.shape[0], -1), t_mod.expand(tokens.shape[0], -1, -1)
-        freqs = self.rope(grid, tokens.device)
-        # 3. blocks, 4. head and unpatchify
-        tokens = self.run_blocks(tokens, context, t_mod, freqs)
-        return self.head_out(tokens, e, grid)

@@ -1,8 +1,6 @@
 """DAC audio VAE: official key layout, weight-norm fusing, preprocess/encode/decode parity."""
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -13,18 +11,8 @@ from mova_model.audio_vae import CastConvTranspose1d, DacVAE, fuse_weight_norm
 from mova_model.configs import AudioVAEConfig, MovaConfigs
 from mova_model.ops import Operations, init_random_
 
+import codec_parity_helpers as H  # tests/ is on pytest's pythonpath
 
-def _load_helpers():
-    name = "codec_parity_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _load_helpers()
 
 TINY = {"_class_name": "DAC", "encoder_dim": 4, "encoder_rates": [2, 3], "latent_dim": 6, "decoder_dim": 16,
         "decoder_rates": [3, 2], "sample_rate": 600, "continuous": True, "use_weight_norm": False}

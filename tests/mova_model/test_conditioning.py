@@ -1,8 +1,5 @@
 """I2V conditioning: the first-frame mask and the encoded first-frame clip (official prepare_latents)."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,18 +9,7 @@ from mova_model.configs import MovaConfigs
 from mova_model.image_preprocess import to_model_range
 from mova_model.video_vae import VideoVAE, build_video_vae_module
 
-
-def _load_helpers():
-    name = "codec_parity_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _load_helpers()
+import codec_parity_helpers as H  # tests/ is on pytest's pythonpath
 
 
 def load_video_vae(case) -> VideoVAE:

@@ -1,8 +1,5 @@
 """First-frame preparation: official crop_and_resize, VideoProcessor range conversion, white T2VA frame."""
 
-import importlib.util
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,18 +7,7 @@ import torch
 
 from mova_model.image_preprocess import crop_and_resize, crop_box, to_model_range, white_frame
 
-
-def _load_helpers():
-    name = "codec_parity_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _load_helpers()
+import codec_parity_helpers as H  # tests/ is on pytest's pythonpath
 
 
 @pytest.mark.parametrize("case", H.case_params("image_preprocess"))

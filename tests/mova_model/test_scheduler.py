@@ -1,9 +1,6 @@
 """FlowMatchPairScheduler: parity with the official scheduler fixtures, plus schedule properties."""
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -11,18 +8,7 @@ import torch
 from mova_model.configs import ConfigError, MovaConfigs, SchedulerConfig
 from mova_model.scheduler import FlowMatchPairScheduler
 
-
-def _load_helpers():
-    name = "codec_parity_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _load_helpers()
+import codec_parity_helpers as H  # tests/ is on pytest's pythonpath
 
 
 def make(**overrides) -> FlowMatchPairScheduler:

@@ -1,9 +1,5 @@
 """Text encoder: prompt cleaning, the meta-built UMT5 with ops layers, and parity of the embeddings."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -12,18 +8,8 @@ from mova_model.ops import CastLinear, Operations, init_random_
 from mova_model.text_encoder import (EMBED_KEY, SHARED_KEY, TextEncoder, build_text_encoder_module, prompt_clean,
                                      tie_embedding_weights)
 
+import codec_parity_helpers as H  # tests/ is on pytest's pythonpath
 
-def _load_helpers():
-    name = "codec_parity_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _load_helpers()
 
 TINY = {"d_model": 16, "d_ff": 24, "d_kv": 4, "num_heads": 4, "num_layers": 2, "vocab_size": 50,
         "feed_forward_proj": "gated-gelu", "dense_act_fn": "gelu_new", "is_gated_act": True, "model_type": "umt5",

@@ -19,7 +19,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def _in_ci() -> bool:
