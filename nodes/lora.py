@@ -17,7 +17,9 @@ LORA_EXTENSIONS = (".pt", ".pth", ".safetensors")
 
 
 def lora_files() -> list:
-    return [name for name in folder_paths.get_filename_list("loras") if name.lower().endswith(LORA_EXTENSIONS)]
+    """LoRA files in models/loras (a `lora_config.pt` is the companion of a `lora_weights.pt`, not a LoRA)."""
+    return [name for name in folder_paths.get_filename_list("loras")
+            if name.lower().endswith(LORA_EXTENSIONS) and not name.lower().endswith("lora_config.pt")]
 
 
 class MovaLoraLoader(io.ComfyNode):

@@ -4,6 +4,9 @@ Each workflow in workflows/api is patched to the tiny random-weight checkpoint (
 3 steps), queued with ``POST /prompt`` and followed on the websocket; the mp4 it writes is downloaded with
 ``GET /view`` and its streams are decoded with PyAV (``mova_model.av_io.probe_media``).
 """
+import json
+
+import numpy as np
 import pytest
 
 from host_workflows import (CLIP_FRAMES, SHIPPED, TINY, VOICE_RATE, dac_sample_rate, load_api, node_of, nodes_of,
@@ -170,3 +173,94 @@ def test_decoder_feeds_core_create_video_and_save_video(comfy, mova_checkpoint):
     assert info.fps == pytest.approx(TINY["fps"])
     assert info.audio_codec is not None and info.audio_seconds > 0
     assert abs(info.audio_seconds - info.video_seconds) <= 1.0 / TINY["fps"], info
+
+
+# -- the template browser ---------------------------------------------------------------------------------------
+def test_workflows_appear_in_the_template_browser(comfy):
+    templates = comfy.get_json("/workflow_templates")
+    pack = next(name for name, items in templates.items() if "mova_i2va" in items)
+    assert {"mova_i2va", "mova_t2va", "mova_a2v", "mova_v2a"} <= set(templates[pack])
+    assert not [t for t in templates[pack] if t.endswith("_api")]  # the API-format copies stay out of the list
+    graph = comfy.get_json(f"/api/workflow_templates/{pack}/mova_i2va.json")
+    assert {n["type"] for n in graph["nodes"]} >= {"MovaLoader", "MovaJointSampler", "MovaMux", "LoadImage"}
+    sampler = next(n for n in graph["nodes"] if n["type"] == "MovaJointSampler")
+    assert "fixed" in sampler["widgets_values"]  # shipped with a fixed seed
+
+
+# -- LoRA: the loader node patches a copy, stacks, and refuses a file that is not in models/loras ---------------
+def _tiny_lora(path, checkpoint_dir, rank=2, seed=0):
+    """A LoRA for the tiny checkpoint's audio DiT and bridge, in the official key layout, as safetensors."""
+    import torch
+
+    from mova_model.checkpoint import MovaCheckpoint
+    from mova_model.lora import LoraWeights, save_lora_safetensors
+    from mova_model.ops import CastLinear
+
+    ckpt = MovaCheckpoint.open(checkpoint_dir)
+    g = torch.Generator().manual_seed(seed)
+    pairs = {}
+    for component in ("audio_dit", "dual_tower_bridge"):
+        module = ckpt.build(component)
+        pairs[component] = {name: (torch.randn(rank, layer.in_features, generator=g) * 0.5,
+                                   torch.randn(layer.out_features, rank, generator=g) * 0.5)
+                            for name, layer in module.named_modules()
+                            if isinstance(layer, CastLinear) and ("blocks" in name or "conditioners" in name)}
+    return save_lora_safetensors(LoraWeights(pairs=pairs, rank=rank, alpha=float(rank)), path)
+
+
+def test_lora_loader_changes_the_result_and_stacks(comfy, mova_checkpoint):
+    loras = comfy.server.models_dir / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    _tiny_lora(loras / "mova_tiny_lora.safetensors", comfy.server.models_dir / "mova" / mova_checkpoint)
+    base_wf = patch_for_speed(load_api("t2va"), mova_checkpoint, seed=11, prefix="mova_test/lora_base")
+    base = comfy.run(base_wf, timeout=300)
+    assert base.status == "success", base.error
+
+    def with_loras(strengths, prefix):
+        wf = patch_for_speed(load_api("t2va"), mova_checkpoint, seed=11, prefix=prefix)
+        loader = node_of(wf, "MovaLoader")
+        source = [loader, 0]
+        for i, strength in enumerate(strengths):
+            wf[f"3{i}"] = {"class_type": "MovaLoraLoader", "inputs": {"model": source, "lora_name": "mova_tiny_lora.safetensors",
+                                                                     "strength": strength}}
+            source = [f"3{i}", 0]
+        for node in wf.values():
+            if node["class_type"] in ("MovaTextImageConditioner", "MovaJointSampler", "MovaAVDecoder"):
+                node["inputs"]["model"] = source
+        return comfy.run(wf, timeout=300)
+
+    zero = with_loras([0.0], "mova_test/lora_zero")
+    strong = with_loras([1.0, 0.5], "mova_test/lora_stacked")
+    assert zero.status == "success" and strong.status == "success", (zero.error, strong.error)
+
+    def audio_of(result):
+        import av
+
+        (video,) = [p for p in result.outputs if p.suffix == ".mp4"]
+        with av.open(str(video)) as container:
+            return np.concatenate([f.to_ndarray().ravel() for f in container.decode(container.streams.audio[0])])
+
+    assert np.array_equal(audio_of(zero), audio_of(base))  # strength 0 = no LoRA
+    assert not np.array_equal(audio_of(strong), audio_of(base))
+    # The base model was not modified by its patched copies: re-run the sampler on the original model (an explicit
+    # "official" guidance node makes ComfyUI re-execute it; numerically it is the same text CFG 5).
+    again_wf = json.loads(json.dumps(base_wf))
+    again_wf["40"] = {"class_type": "MovaGuidance", "inputs": {"preset": "official (text CFG)", "text_scale": 5.0,
+                                                               "bridge_scale": 1.0}}
+    again_wf[node_of(again_wf, "MovaJointSampler")]["inputs"]["guidance"] = ["40", 0]
+    again_wf[node_of(again_wf, "MovaMux")]["inputs"]["filename_prefix"] = "mova_test/lora_base_again"
+    again = comfy.run(again_wf, timeout=300)
+    assert again.status == "success" and np.array_equal(audio_of(again), audio_of(base))
+
+
+def test_lora_name_outside_the_list_is_a_validation_error(comfy, mova_checkpoint):
+    wf = patch_for_speed(load_api("t2va"), mova_checkpoint)
+    loader = node_of(wf, "MovaLoader")
+    wf["30"] = {"class_type": "MovaLoraLoader", "inputs": {"model": [loader, 0], "lora_name": "nope.safetensors",
+                                                          "strength": 1.0}}
+    wf[node_of(wf, "MovaJointSampler")]["inputs"]["model"] = ["30", 0]
+    status, body = comfy.post_json("/prompt", {"prompt": wf, "client_id": comfy.client_id})
+    # the memory-plan preview does not depend on the LoRA, so ComfyUI may queue it and answer 200 with node_errors
+    errors = json.dumps(body.get("node_errors") or body)
+    assert status in (200, 400) and "30" in (body.get("node_errors") or {"30": 0})
+    assert "nope.safetensors" in errors and "models/loras" in errors
