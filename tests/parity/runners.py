@@ -347,7 +347,15 @@ def run_e2e_i2va(ctx: CaseContext) -> Report:
     pipe = MovaPipeline(ctx.checkpoint, device="cpu", dtype=torch.float32)
     a = ctx.args
     width, height, frames, fps = int(a["width"]), int(a["height"]), int(a["num_frames"]), float(a["video_fps"])
-    cond = pipe.prepare_conditioning(a["prompt"], a["negative_prompt"], ctx.inputs["image_uint8"].numpy(),
+    image = ctx.inputs["image_uint8"].numpy()
+    if image.shape[:2] != (height, width):
+        # MOVA.__call__ given an image of another size resizes it (no crop) in VideoProcessor.preprocess, with
+        # diffusers' default resample; the pipeline's own crop-and-resize (the official script's) is then identity.
+        from diffusers.image_processor import VaeImageProcessor
+        from PIL import Image
+
+        image = np.asarray(VaeImageProcessor(vae_scale_factor=8).resize(Image.fromarray(image), height, width))
+    cond = pipe.prepare_conditioning(a["prompt"], a["negative_prompt"], image,
                                      width=width, height=height, num_frames=frames, video_fps=fps)
     tol = "latents"
     ctx.compare("prompt_embeds", cond.prompt_embeds, group=tol)
