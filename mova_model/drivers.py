@@ -16,7 +16,7 @@ import torch
 
 from .av_io import resample_audio
 from .image_preprocess import crop_and_resize
-from .pipeline import Conditioning, InputError, MovaPipeline
+from .pipeline import Conditioning, InputError, MovaPipeline, clip_audio_samples
 from .sampler import HOLD_MODES, HeldStream
 
 
@@ -34,7 +34,7 @@ class Prepared:
 
 def clip_samples(conditioning: Conditioning, sample_rate: int) -> int:
     """Samples of the clip at `sample_rate` (official `int(rate · frames / fps)`)."""
-    return int(sample_rate * conditioning.num_frames / conditioning.video_fps)
+    return clip_audio_samples(conditioning.num_frames, conditioning.video_fps, sample_rate)
 
 
 def prepare_driving_audio(waveform: torch.Tensor, sample_rate: int, conditioning: Conditioning, target_rate: int) -> Prepared:

@@ -19,15 +19,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from .checkpoint import MovaCheckpoint, build_meta_module
 from .conditioning import first_frame_condition
-from .guidance import GuidanceConfig
+from .guidance import GuidanceConfig, required_branches
 from .image_preprocess import crop_and_resize, to_model_range, white_frame
 from .lora import LoraPatch, LoraPatchSet
 from .model_store import ComponentCache, MemoryOptions, SamplingModels
@@ -79,6 +78,11 @@ class JointLatents:
     num_frames: int
     video_fps: float
     sample_rate: int
+
+
+def clip_audio_samples(num_frames: int, video_fps: float, sample_rate: int) -> int:
+    """Audio samples of a clip of `num_frames` at `video_fps` (official `int(sample_rate · frames / fps)`)."""
+    return int(sample_rate * num_frames / video_fps)
 
 
 def validate_geometry(width: int, height: int, num_frames: int, video_fps: float) -> None:
@@ -168,7 +172,7 @@ class MovaPipeline:
         vae = self.configs.video_vae
         z = vae.z_dim
         latent_frames = (num_frames - 1) // vae.scale_factor_temporal + 1
-        audio_samples = int(self.sample_rate * num_frames / video_fps)
+        audio_samples = clip_audio_samples(num_frames, video_fps, self.sample_rate)
         audio_len = (audio_samples - 1) // self.configs.audio_vae.hop_length + 1
         audio_channels = self.configs.audio_dit.in_dim
         return ((1, z, latent_frames, height // vae.scale_factor_spatial, width // vae.scale_factor_spatial),
@@ -251,8 +255,6 @@ class MovaPipeline:
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
             audio_noise=audio_noise.to(self.device), video_fps=c.video_fps)
         if plan is None and (self.device.type == "cuda" or self.memory.mode == "budget"):
-            from .guidance import required_branches
-
             passes = len(required_branches(guidance or GuidanceConfig()))
             plan = self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps)
         if plan is not None:
@@ -326,7 +328,3 @@ class MovaPipeline:
         """Drop every built module (device memory first). Used after errors and interrupts."""
         self.cache.release_all()
 
-
-def replace_conditioning(conditioning: Conditioning, **changes) -> Conditioning:
-    """A copy of `conditioning` with some fields changed."""
-    return replace(conditioning, **changes)

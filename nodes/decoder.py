@@ -3,12 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..mova_model.pipeline import clip_audio_samples as clip_samples
 from .types import MovaModel, handle_of, latents_from_comfy
-
-
-def clip_samples(num_frames: int, fps: float, sample_rate: int) -> int:
-    """Audio samples of a clip of `num_frames` at `fps` (official: int(sample_rate · frames / fps))."""
-    return int(sample_rate * num_frames / fps)
 
 
 class MovaAVDecoder(io.ComfyNode):

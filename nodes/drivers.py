@@ -5,18 +5,11 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..mova_model.drivers import held_audio, held_video
-from ..mova_model.pipeline import Conditioning
 from ..mova_model.sampler import HOLD_MODES
-from .types import MovaConditioning, MovaHeld, MovaModel, handle_of
+from .types import MovaConditioning, MovaHeld, MovaModel, conditioning_of, handle_of
 
 MODE_TOOLTIP = ("clean (default): the held tower sees the clean stream at timestep 0 every step, like a finished "
                 "stream. renoise: the clean stream is re-noised to each step's noise level (inpainting style).")
-
-
-def _conditioning(value) -> Conditioning:
-    if not isinstance(value, Conditioning):
-        raise ValueError("conditioning: connect the output of a MOVA Text+Image Conditioner")
-    return value
 
 
 class MovaAudioDriver(io.ComfyNode):
@@ -42,7 +35,7 @@ class MovaAudioDriver(io.ComfyNode):
         pipe = handle_of(model).pipeline
         if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
             raise ValueError("audio: expected a ComfyUI AUDIO (from LoadAudio or another audio node)")
-        held, notes = held_audio(pipe, audio["waveform"], int(audio["sample_rate"]), _conditioning(conditioning), mode)
+        held, notes = held_audio(pipe, audio["waveform"], int(audio["sample_rate"]), conditioning_of(conditioning), mode)
         return io.NodeOutput(held, f"audio: {notes}")
 
 
@@ -68,7 +61,7 @@ class MovaVideoDriver(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, frames, mode: str) -> io.NodeOutput:
         pipe = handle_of(model).pipeline
-        held, notes = held_video(pipe, frames, _conditioning(conditioning), mode)
+        held, notes = held_video(pipe, frames, conditioning_of(conditioning), mode)
         return io.NodeOutput(held, f"video: {notes}")
 
 

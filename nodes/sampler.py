@@ -10,10 +10,9 @@ import logging
 from comfy_api.latest import io
 
 from ..mova_model.guidance import GuidanceConfig
-from ..mova_model.pipeline import Conditioning
 from ..mova_model.preview import latent_preview_rgb
 from ..mova_model.sampler import StepInfo
-from .types import MovaConditioning, MovaGuidance, MovaHeld, MovaModel, handle_of, latents_to_comfy
+from .types import MovaConditioning, MovaGuidance, MovaHeld, MovaModel, conditioning_of, handle_of, latents_to_comfy
 
 logger = logging.getLogger(__name__)
 PREVIEW_MAX_SIZE = 512
@@ -79,8 +78,7 @@ class MovaJointSampler(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, seed: int, steps: int, cfg: float, guidance=None, held=None) -> io.NodeOutput:
         handle = handle_of(model)
-        if not isinstance(conditioning, Conditioning):
-            raise ValueError("conditioning: connect the output of a MOVA Text+Image Conditioner")
+        conditioning = conditioning_of(conditioning)
         pipe = handle.pipeline
         config = guidance if isinstance(guidance, GuidanceConfig) else GuidanceConfig(text_scale=float(cfg))
         callback = make_step_callback(steps, pipe.configs.video_vae.z_dim, cls.hidden.unique_id)

@@ -14,7 +14,7 @@ from typing import Optional
 
 from comfy_api.latest import io
 
-from ..mova_model.pipeline import JointLatents, MovaPipeline
+from ..mova_model.pipeline import Conditioning, JointLatents, MovaPipeline
 
 MovaModel = io.Custom("MOVA_MODEL")
 MovaConditioning = io.Custom("MOVA_CONDITIONING")
@@ -50,6 +50,13 @@ def latents_from_comfy(latent: dict) -> JointLatents:
     return JointLatents(video=latent["samples"], audio=latent["audio_samples"], width=int(meta["width"]),
                         height=int(meta["height"]), num_frames=int(meta["num_frames"]),
                         video_fps=float(meta["video_fps"]), sample_rate=int(meta["sample_rate"]))
+
+
+def conditioning_of(value) -> Conditioning:
+    """The MOVA_CONDITIONING on a wire, or a message saying what to connect."""
+    if not isinstance(value, Conditioning):
+        raise ValueError("conditioning: connect the output of a MOVA Text+Image Conditioner")
+    return value
 
 
 def handle_of(model: Optional[MovaModelHandle]) -> MovaModelHandle:

@@ -1,7 +1,5 @@
 """The MOVA nodes' adapters in-process (ComfyUI's modules importable, no server): type translation,
 validation messages and the mux's atomic write. End-to-end runs are in tests/host."""
-import os
-
 import pytest
 import torch
 
