@@ -21,12 +21,12 @@ from typing import List, Sequence
 
 import torch
 
-from mova_model.audio_dit import AudioDiT
-from mova_model.bridge import DualTowerBridge
-from mova_model.configs import AudioDiTConfig, BridgeConfig, VideoDiTConfig
-from mova_model.denoiser import BridgeScales, joint_forward
-from mova_model.ops import Operations, init_random_
-from mova_model.video_dit import VideoDiT
+from mova_model.network.audio_dit import AudioDiT
+from mova_model.network.bridge import DualTowerBridge
+from mova_model.checkpoint.configs import AudioDiTConfig, BridgeConfig, VideoDiTConfig
+from mova_model.network.denoiser import BridgeScales, joint_forward
+from mova_model.network.ops import Operations, init_random_
+from mova_model.network.video_dit import VideoDiT
 
 logger = logging.getLogger("bench.denoiser")
 

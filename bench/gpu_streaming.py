@@ -25,13 +25,13 @@ import time
 import torch
 from torch import nn
 
-from mova_model.configs import VideoDiTConfig
+from mova_model.checkpoint.configs import VideoDiTConfig
 from mova_model.memory.fp8 import quantize_module_
 from mova_model.memory.layout import BlockLayout
 from mova_model.memory.planner import GB, Architecture, PlanInputs, activation_bytes
 from mova_model.memory.streaming import BlockStreamer, CudaCopyEngine, ThrottledCopyEngine
-from mova_model.ops import Operations
-from mova_model.video_dit import VideoDiT
+from mova_model.network.ops import Operations
+from mova_model.network.video_dit import VideoDiT
 
 RELEASED_VIDEO = {"dim": 5120, "in_dim": 36, "ffn_dim": 13824, "out_dim": 16, "text_dim": 4096, "freq_dim": 256,
                   "eps": 1e-6, "patch_size": [1, 2, 2], "num_heads": 40, "num_layers": 40, "has_image_input": False}

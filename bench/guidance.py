@@ -19,9 +19,9 @@ from typing import List, Sequence, Tuple
 
 import torch
 
-from mova_model.guidance import GuidanceConfig
-from mova_model.pipeline import MovaPipeline
-from mova_model.tiny_checkpoint import TinySpec, write_tiny_checkpoint
+from mova_model.sampling.guidance import GuidanceConfig
+from mova_model.sampling.pipeline import MovaPipeline
+from mova_model.checkpoint.tiny import TinySpec, write_tiny_checkpoint
 
 SETTINGS: List[Tuple[str, GuidanceConfig]] = [
     ("no guidance (s_T=1, s_B=1)", GuidanceConfig(1.0, 1.0)),

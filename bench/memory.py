@@ -4,9 +4,9 @@
    key layout; video experts sharded in three files with an index) whose component sizes keep MOVA's ratios:
    every width is the real one divided by `--scale` (5: ~3 GB in bf16; `--quick`: 8, ~1.2 GB), layer counts
    are the real ones (40 video blocks, 30 audio blocks, 30 bridge layers, 24 UMT5 layers). The VAEs and the
-   tokenizer are the small ones of `mova_model.tiny_checkpoint` (they are ~1 % of the real checkpoint).
+   tokenizer are the small ones of `mova_model.checkpoint.tiny` (they are ~1 % of the real checkpoint).
 2. Runs two fresh processes that sample the same few steps (text CFG, 2 passes per step, expert switch at the
-   boundary) with the lead's sampler (`mova_model.sampler.sample`), from the same injected noise and random
+   boundary) with the lead's sampler (`mova_model.sampling.sampler.sample`), from the same injected noise and random
    text states (the text encoder is loaded but not run):
    - eager: every tensor of every component copied into RAM, as the official `from_pretrained` does;
    - streamed: components memory-mapped (`MovaCheckpoint.build`), the low-noise expert built only at the
@@ -41,7 +41,7 @@ GB = 1e9
 
 def synthetic_configs(scale: int, vocab: int) -> Dict[str, dict]:
     """Official-layout configs with every width divided by `scale` (head dims kept at 128 / 64)."""
-    from mova_model.tiny_checkpoint import TinySpec, tiny_configs
+    from mova_model.checkpoint.tiny import TinySpec, tiny_configs
 
     def width(real: int, multiple: int) -> int:
         return max(multiple, round(real / scale / multiple) * multiple)
@@ -61,9 +61,9 @@ def synthetic_configs(scale: int, vocab: int) -> Dict[str, dict]:
 
 def write_checkpoint(dest: Path, scale: int, seed: int = 0) -> None:
     """Write the synthetic checkpoint (random weights, bf16 for the DiTs and the text encoder)."""
-    from mova_model.checkpoint import build_meta_module
+    from mova_model.checkpoint.folder import build_meta_module
     from mova_model.memory.quantize import write_safetensors_streaming
-    from mova_model.tiny_checkpoint import CONFIG_CLASSES, write_tiny_checkpoint
+    from mova_model.checkpoint.tiny import CONFIG_CLASSES, write_tiny_checkpoint
 
     write_tiny_checkpoint(dest, seed=seed)  # tokenizer, scheduler, model_index, small VAEs
     vocab = json.loads((dest / "text_encoder" / "config.json").read_text())["vocab_size"]
@@ -162,12 +162,12 @@ class EagerModels:
 def child(mode: str, folder: Path, out: Path, steps: int, budget_gb: float) -> None:
     from safetensors.torch import save_file
 
-    from mova_model.checkpoint import MovaCheckpoint
-    from mova_model.guidance import GuidanceConfig
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.sampling.guidance import GuidanceConfig
     from mova_model.memory.planner import Architecture, PlanInputs, plan_memory
     from mova_model.memory.streaming import MaterializationCounter, StreamingModels
-    from mova_model.sampler import SamplingInputs, sample
-    from mova_model.scheduler import FlowMatchPairScheduler
+    from mova_model.sampling.sampler import SamplingInputs, sample
+    from mova_model.sampling.scheduler import FlowMatchPairScheduler
 
     monitor = AnonPeak()
     baseline = AnonPeak.now()

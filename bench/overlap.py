@@ -1,6 +1,6 @@
 """Copy/compute overlap of the block streamer, measured on the CPU with a SIMULATED host->device link.
 
-The real `BlockStreamer` runs real MOVA DiT blocks (`mova_model.dit_block.DiTBlock` inside a small
+The real `BlockStreamer` runs real MOVA DiT blocks (`mova_model.network.dit_block.DiTBlock` inside a small
 `VideoDiT`, random weights). The host->device copy is replaced by `ThrottledCopyEngine`: a worker thread
 that memcpys every block's bytes into separate buffers, paced to a bandwidth chosen so that moving a block
 takes about half its compute time. There is no GPU and no PCIe here: the copy is simulated; the prefetch
@@ -27,10 +27,10 @@ import time
 
 import torch
 
-from mova_model.configs import VideoDiTConfig
+from mova_model.checkpoint.configs import VideoDiTConfig
 from mova_model.memory.streaming import BlockLayout, BlockStreamer, ThrottledCopyEngine
-from mova_model.ops import Operations, init_random_
-from mova_model.video_dit import VideoDiT
+from mova_model.network.ops import Operations, init_random_
+from mova_model.network.video_dit import VideoDiT
 
 
 def build(dim: int, blocks: int, dtype: torch.dtype) -> VideoDiT:

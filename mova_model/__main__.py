@@ -23,7 +23,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     command, rest = argv[0], argv[1:]
     if command == "describe":
-        from .describe import main_describe
+        from .checkpoint.describe import main_describe
         return main_describe(rest)
     if command == "plan":
         from .memory.planner import plan_cli
@@ -31,7 +31,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "quantize":
         from .memory.quantize import quantize_cli
         return quantize_cli(rest)
-    from .tiny_checkpoint import tiny_checkpoint_cli
+    from .checkpoint.tiny import tiny_checkpoint_cli
     return tiny_checkpoint_cli(rest)
 
 

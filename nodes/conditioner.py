@@ -5,7 +5,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
-from ..mova_model.pipeline import OFFICIAL_NEGATIVE_PROMPT, validate_geometry
+from ..mova_model.sampling.pipeline import OFFICIAL_NEGATIVE_PROMPT, validate_geometry
 from .types import MovaConditioning, MovaModel, handle_of
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..mova_model.pipeline import clip_audio_samples as clip_samples
+from ..mova_model.sampling.pipeline import clip_audio_samples as clip_samples
 from .types import MovaModel, handle_of, latents_from_comfy
 
 

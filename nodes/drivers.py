@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..mova_model.drivers import held_audio, held_video
-from ..mova_model.sampler import HOLD_MODES
+from ..mova_model.sampling.drivers import held_audio, held_video
+from ..mova_model.sampling.sampler import HOLD_MODES
 from .types import MovaConditioning, MovaHeld, MovaModel, conditioning_of, handle_of
 
 MODE_TOOLTIP = ("clean (default): the held tower sees the clean stream at timestep 0 every step, like a finished "

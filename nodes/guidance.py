@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..mova_model.guidance import PRESETS, GuidanceConfig, required_branches
+from ..mova_model.sampling.guidance import PRESETS, GuidanceConfig, required_branches
 from .types import MovaGuidance
 
 SAME = -1.0

@@ -6,8 +6,8 @@ import logging
 import torch
 from comfy_api.latest import io
 
-from ..mova_model.model_store import MEMORY_MODES, WEIGHT_MODES, MemoryOptions
-from ..mova_model.pipeline import MovaPipeline
+from ..mova_model.memory.model_store import MEMORY_MODES, WEIGHT_MODES, MemoryOptions
+from ..mova_model.sampling.pipeline import MovaPipeline
 from .paths import checkpoint_folders, checkpoint_path
 from .types import MovaModel, MovaModelHandle
 

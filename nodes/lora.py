@@ -10,7 +10,7 @@ import dataclasses
 import folder_paths
 from comfy_api.latest import io
 
-from ..mova_model.lora import LoraPatch, load_lora
+from ..mova_model.network.lora import LoraPatch, load_lora
 from .types import MovaModel, handle_of
 
 LORA_EXTENSIONS = (".pt", ".pth", ".safetensors")

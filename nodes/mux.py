@@ -7,7 +7,7 @@ import folder_paths
 import torch
 from comfy_api.latest import InputImpl, io, ui
 
-from ..mova_model.av_io import frames_to_uint8, write_mp4
+from ..mova_model.media.av_io import frames_to_uint8, write_mp4
 
 
 def fit_audio(waveform: torch.Tensor, samples: int) -> torch.Tensor:

@@ -9,9 +9,9 @@ import logging
 
 from comfy_api.latest import io
 
-from ..mova_model.guidance import GuidanceConfig
-from ..mova_model.preview import latent_preview_rgb
-from ..mova_model.sampler import StepInfo
+from ..mova_model.sampling.guidance import GuidanceConfig
+from ..mova_model.sampling.preview import latent_preview_rgb
+from ..mova_model.sampling.sampler import StepInfo
 from .types import MovaConditioning, MovaGuidance, MovaHeld, MovaModel, conditioning_of, handle_of, latents_to_comfy
 
 logger = logging.getLogger(__name__)

@@ -1,9 +1,9 @@
 """The pack's few custom ComfyUI types, and the model handle the Loader hands to the other nodes.
 
 - `MOVA_MODEL`: a `MovaModelHandle` (a lazily loaded `MovaPipeline` plus its memory plan).
-- `MOVA_CONDITIONING`: `mova_model.pipeline.Conditioning` (text embeddings + first-frame condition + clip size).
-- `MOVA_GUIDANCE`: `mova_model.guidance.GuidanceConfig` (text / bridge CFG scales).
-- `MOVA_HELD`: `mova_model.sampler.HeldStream` (an audio or video stream held fixed: A2V / V2A).
+- `MOVA_CONDITIONING`: `mova_model.sampling.pipeline.Conditioning` (text embeddings + first-frame condition + clip size).
+- `MOVA_GUIDANCE`: `mova_model.sampling.guidance.GuidanceConfig` (text / bridge CFG scales).
+- `MOVA_HELD`: `mova_model.sampling.sampler.HeldStream` (an audio or video stream held fixed: A2V / V2A).
 Everything else is a core type: LATENT (video latents in `samples`, audio latents beside them), IMAGE,
 AUDIO, VIDEO, STRING.
 """
@@ -14,7 +14,7 @@ from typing import Optional
 
 from comfy_api.latest import io
 
-from ..mova_model.pipeline import Conditioning, JointLatents, MovaPipeline
+from ..mova_model.sampling.pipeline import Conditioning, JointLatents, MovaPipeline
 
 MovaModel = io.Custom("MOVA_MODEL")
 MovaConditioning = io.Custom("MOVA_CONDITIONING")

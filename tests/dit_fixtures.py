@@ -1,7 +1,7 @@
 """Helpers for the DiT / bridge / denoiser tests: parity checkpoint loading, fixture cases, manifests.
 
 The parity weights are loaded with `safetensors.torch.load_file` over a component folder's shards and
-assigned with `load_state_dict(assign=True, strict=True)` (the real loader lives in `mova_model.checkpoint`).
+assigned with `load_state_dict(assign=True, strict=True)` (the real loader lives in `mova_model.checkpoint.folder`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Dict, List, Tuple
 import torch
 from safetensors.torch import load_file
 
-from mova_model.audio_dit import AudioDiT
-from mova_model.bridge import DualTowerBridge
-from mova_model.configs import AudioDiTConfig, BridgeConfig, VideoDiTConfig
-from mova_model.ops import Operations
-from mova_model.video_dit import VideoDiT
+from mova_model.network.audio_dit import AudioDiT
+from mova_model.network.bridge import DualTowerBridge
+from mova_model.checkpoint.configs import AudioDiTConfig, BridgeConfig, VideoDiTConfig
+from mova_model.network.ops import Operations
+from mova_model.network.video_dit import VideoDiT
 
 COMPONENT_CLASSES = {
     "video_dit": (VideoDiT, VideoDiTConfig),

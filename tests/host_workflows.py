@@ -92,7 +92,7 @@ def write_voice_wav(path: Path, seconds: float = VOICE_SECONDS, rate: int = VOIC
 
 def write_clip_mp4(path: Path, frames: int = CLIP_FRAMES, width: int = 64, height: int = 64, fps: float = 8.0) -> Path:
     """A small moving-gradient H.264 clip without audio, written with the pack's own ``write_mp4``."""
-    from mova_model.av_io import write_mp4
+    from mova_model.media.av_io import write_mp4
 
     y, x = np.mgrid[0:height, 0:width]
     images = np.stack([

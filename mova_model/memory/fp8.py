@@ -1,7 +1,7 @@
 """fp8 (e4m3fn) weight storage with one float32 scale per tensor.
 
 A matrix `W` is stored as `q = round_e4m3(W / s)` with `s = max|W| / 448` (448 is the largest finite e4m3fn
-value), and read back as `q.to(dtype) * s` — exactly the dequantization `mova_model.ops.cast_tensor` performs
+value), and read back as `q.to(dtype) * s` — exactly the dequantization `mova_model.network.ops.cast_tensor` performs
 at forward, so a layer holding `q` in `weight` and `s` in a `weight_scale` buffer computes with the same
 numbers these functions return.
 
@@ -26,7 +26,7 @@ from typing import Dict, Iterable, Mapping, Optional, Tuple
 import torch
 from torch import nn
 
-from ..ops import FP8_DTYPE, CastMixin
+from ..network.ops import FP8_DTYPE, CastMixin
 
 logger = logging.getLogger(__name__)
 

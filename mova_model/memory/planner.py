@@ -363,7 +363,7 @@ def plan_cli(argv: Optional[Sequence[str]] = None) -> int:
             return 2
     arch = None
     if args.checkpoint is not None:
-        from ..configs import MovaConfigs
+        from ..checkpoint.configs import MovaConfigs
         arch = Architecture.from_configs(MovaConfigs.from_folder(args.checkpoint))
     inputs = PlanInputs(vram_bytes=args.vram * GB, ram_bytes=args.ram * GB, width=width, height=height,
                         frames=args.frames, fps=args.fps, cfg_passes=args.cfg_passes,

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 import torch
 
 from .fp8 import FP8_COMPONENTS, SCALE_SUFFIX, is_fp8_candidate, quantize_tensor
-from ..ops import FP8_DTYPE
+from ..network.ops import FP8_DTYPE
 
 logger = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ def _quantize_component(src: Path, dst: Path, report: ComponentReport) -> None:
 def quantize_checkpoint(src: Path, dst: Path, components: Sequence[str] = FP8_COMPONENTS,
                         overwrite: bool = False) -> QuantizeReport:
     """Write the fp8 copy of checkpoint folder `src` to `dst` (see the module docstring)."""
-    from ..configs import MovaConfigs
+    from ..checkpoint.configs import MovaConfigs
 
     src, dst = Path(src), Path(dst)
     MovaConfigs.from_folder(src)  # a MOVA folder with readable configs, or a ConfigError naming the problem
@@ -235,7 +235,7 @@ def stored_format(folder: Path, component: str = "video_dit") -> str:
 
     Reads safetensors headers only; what `planner.PlanInputs.stored` expects.
     """
-    from ..weights import SafetensorsStore
+    from ..checkpoint.weights import SafetensorsStore
 
     store = SafetensorsStore(Path(folder) / component, component)
     return "fp8" if any(info.dtype == "F8_E4M3" for info in store.tensors.values()) else "bf16"

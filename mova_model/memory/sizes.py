@@ -94,7 +94,7 @@ class Architecture:
 
     @classmethod
     def from_configs(cls, configs) -> "Architecture":
-        """From `mova_model.configs.MovaConfigs` (reads no weight)."""
+        """From `mova_model.checkpoint.configs.MovaConfigs` (reads no weight)."""
         b = configs.dual_tower_bridge
         shared = min(b.visual_layers, b.audio_layers)
         layers = tuple(interaction_layers(b.interaction_strategy, shared))
@@ -108,12 +108,12 @@ class Architecture:
         # read), or, for a folder of configs only, on the meta device
 
         def count(name: str) -> int:
-            from ..weights import SafetensorsStore
+            from ..checkpoint.weights import SafetensorsStore
 
             store = SafetensorsStore(Path(configs.root) / name, name)
             if store.tensors and not store.problems:
                 return sum(info.numel for info in store.tensors.values())
-            from ..checkpoint import build_meta_module
+            from ..checkpoint.folder import build_meta_module
             return sum(p.numel() for p in build_meta_module(name, getattr(configs, name)).parameters())
         return replace(arch, vae_params=count("video_vae"), audio_vae_params=count("audio_vae"))
 

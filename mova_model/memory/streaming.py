@@ -1,6 +1,6 @@
 """Block streaming: DiT blocks and bridge conditioners are copied to the compute device just ahead of use.
 
-`BlockStreamer` is the `executor(module, *args)` of `mova_model.denoiser.joint_forward`. It is built from the
+`BlockStreamer` is the `executor(module, *args)` of `mova_model.network.denoiser.joint_forward`. It is built from the
 call order (`denoiser.execution_order`), the modules that stay resident, a prefetch depth and a copy engine:
 
 * Every streamed module gets a `BlockLayout`: its parameters and buffers packed into one flat byte range
@@ -433,7 +433,7 @@ class StreamingModels:
         if name not in self.EXPERTS:
             return None
         if name not in self.streamers:
-            from ..denoiser import BridgeScales, execution_order
+            from ..network.denoiser import BridgeScales, execution_order
 
             expert, audio, bridge = self.module(name), self.module("audio_dit"), self.module("dual_tower_bridge")
             engine = self.engine_factory() if self.engine_factory else None

@@ -10,7 +10,7 @@ import pytest
 from host_fixtures import REPO_ROOT
 from host_workflows import (API_DIR, SHIPPED, TINY, load_api, node_of, output_files, patch_for_speed, upload_media,
                             video_files)
-from mova_model.av_io import probe_media
+from mova_model.media.av_io import probe_media
 
 # Workflow files of this pack's generation graphs (the prompt_* ones belong to the prompt nodes' tests).
 API_FILES = sorted(p for p in API_DIR.glob("mova_*.json") if "prompt" not in p.name)

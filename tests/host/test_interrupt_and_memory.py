@@ -13,7 +13,7 @@ import pytest
 
 from host_fixtures import ARTIFACTS
 from host_workflows import TINY, load_api, node_of, output_files, patch_for_speed, video_files
-from mova_model.av_io import probe_media
+from mova_model.media.av_io import probe_media
 
 INTERRUPT_STEPS = 30
 # Big enough that one step of the tiny DiTs takes a noticeable time on 2 CPU cores.

@@ -2,7 +2,7 @@
 
 Each workflow in workflows/api is patched to the tiny random-weight checkpoint (64x64, 9 frames at 8 fps,
 3 steps), queued with ``POST /prompt`` and followed on the websocket; the mp4 it writes is downloaded with
-``GET /view`` and its streams are decoded with PyAV (``mova_model.av_io.probe_media``).
+``GET /view`` and its streams are decoded with PyAV (``mova_model.media.av_io.probe_media``).
 """
 import json
 
@@ -11,7 +11,7 @@ import pytest
 
 from host_workflows import (CLIP_FRAMES, SHIPPED, TINY, VOICE_RATE, dac_sample_rate, load_api, node_of, nodes_of,
                             output_files, patch_for_speed, text_of, upload_media, video_files)
-from mova_model.av_io import probe_media
+from mova_model.media.av_io import probe_media
 
 # node_id -> (required inputs, optional inputs, outputs); "COMBO" stands for a list of choices.
 SCHEMAS = {
@@ -192,9 +192,9 @@ def _tiny_lora(path, checkpoint_dir, rank=2, seed=0):
     """A LoRA for the tiny checkpoint's audio DiT and bridge, in the official key layout, as safetensors."""
     import torch
 
-    from mova_model.checkpoint import MovaCheckpoint
-    from mova_model.lora import LoraWeights, save_lora_safetensors
-    from mova_model.ops import CastLinear
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.network.lora import LoraWeights, save_lora_safetensors
+    from mova_model.network.ops import CastLinear
 
     ckpt = MovaCheckpoint.open(checkpoint_dir)
     g = torch.Generator().manual_seed(seed)

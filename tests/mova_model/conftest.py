@@ -7,8 +7,8 @@ count module builds make their own `fresh_pipe` (same checkpoint, empty componen
 import pytest
 import torch
 
-from mova_model.pipeline import MovaPipeline
-from mova_model.tiny_checkpoint import write_tiny_checkpoint
+from mova_model.sampling.pipeline import MovaPipeline
+from mova_model.checkpoint.tiny import write_tiny_checkpoint
 
 CLIP = dict(width=32, height=32, num_frames=5, video_fps=8.0)
 """The clip every sampling test uses: 32x32 pixels, 5 frames at 8 fps (latents [1,4,2,4,4] and [1,8,63])."""

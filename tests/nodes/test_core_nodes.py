@@ -10,7 +10,7 @@ def types(node_module):
 
 
 def test_latent_round_trip_keeps_both_streams(types):
-    from mova_model.pipeline import JointLatents
+    from mova_model.sampling.pipeline import JointLatents
 
     latents = JointLatents(video=torch.randn(1, 4, 3, 8, 8), audio=torch.randn(1, 8, 40), width=64, height=64,
                            num_frames=9, video_fps=8.0, sample_rate=16000)
@@ -45,7 +45,7 @@ def test_guidance_presets_and_pass_counts(node_module, preset, passes):
     guidance = node_module("guidance")
     config, summary = guidance.MovaGuidanceNode.execute(preset=preset, text_scale=0.0, bridge_scale=0.0).args
     assert f"{passes} passes per step" in summary
-    from mova_model.guidance import PRESETS
+    from mova_model.sampling.guidance import PRESETS
 
     assert (config.text_scale, config.bridge_scale) == PRESETS[preset]
 
@@ -67,7 +67,7 @@ def output_dir(tmp_path, monkeypatch):
 
 
 def test_mux_writes_video_and_audio(node_module, output_dir):
-    from mova_model.av_io import probe_media
+    from mova_model.media.av_io import probe_media
 
     mux = node_module("mux")
     frames = torch.rand(9, 32, 48, 3)

@@ -11,16 +11,16 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
-from mova_model.checkpoint import MovaCheckpoint
-from mova_model.denoiser import BridgeScales, joint_forward
-from mova_model.guidance import BOTH_OFF, FULL, TEXT_OFF, combine
-from mova_model.image_preprocess import crop_and_resize, to_model_range
-from mova_model.lora import LoraPatch, LoraPatchSet, clear as clear_lora, load_lora
-from mova_model.pipeline import MovaPipeline
-from mova_model.scheduler import FlowMatchPairScheduler
-from mova_model.conditioning import first_frame_condition
-from mova_model.text_encoder import TextEncoder
-from mova_model.video_vae import VideoVAE
+from mova_model.checkpoint.folder import MovaCheckpoint
+from mova_model.network.denoiser import BridgeScales, joint_forward
+from mova_model.sampling.guidance import BOTH_OFF, FULL, TEXT_OFF, combine
+from mova_model.media.image_preprocess import crop_and_resize, to_model_range
+from mova_model.network.lora import LoraPatch, LoraPatchSet, clear as clear_lora, load_lora
+from mova_model.sampling.pipeline import MovaPipeline
+from mova_model.sampling.scheduler import FlowMatchPairScheduler
+from mova_model.sampling.conditioning import first_frame_condition
+from mova_model.network.text_encoder import TextEncoder
+from mova_model.network.video_vae import VideoVAE
 
 
 @dataclass
@@ -342,7 +342,7 @@ def run_image_preprocess(ctx: CaseContext) -> Report:
 
 
 def run_e2e_i2va(ctx: CaseContext) -> Report:
-    from mova_model.guidance import GuidanceConfig
+    from mova_model.sampling.guidance import GuidanceConfig
 
     pipe = MovaPipeline(ctx.checkpoint, device="cpu", dtype=torch.float32)
     a = ctx.args
@@ -361,7 +361,7 @@ def run_e2e_i2va(ctx: CaseContext) -> Report:
     ctx.compare("prompt_embeds", cond.prompt_embeds, group=tol)
     ctx.compare("negative_prompt_embeds", cond.negative_prompt_embeds, group=tol)
     ctx.compare("condition", cond.condition, group=tol)
-    from mova_model.sampler import seeded_noise
+    from mova_model.sampling.sampler import seeded_noise
     video_shape, audio_shape = pipe.latent_shapes(width, height, frames, fps)
     video_noise, audio_noise = seeded_noise(int(a["seed"]), video_shape, audio_shape)
     ctx.compare("initial_video_noise", video_noise, group=tol)

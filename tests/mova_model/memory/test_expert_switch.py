@@ -26,10 +26,10 @@ pytestmark = pytest.mark.skipif(not (PARITY / "checkpoint" / "model_index.json")
 def test_switch_at_boundary_and_inactive_expert_untouched(streamed, fp8):
     from safetensors.torch import load_file
 
-    from mova_model.checkpoint import MovaCheckpoint
-    from mova_model.guidance import GuidanceConfig
-    from mova_model.sampler import SamplingInputs, sample
-    from mova_model.scheduler import FlowMatchPairScheduler
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.sampling.guidance import GuidanceConfig
+    from mova_model.sampling.sampler import SamplingInputs, sample
+    from mova_model.sampling.scheduler import FlowMatchPairScheduler
 
     ckpt = MovaCheckpoint.open(PARITY / "checkpoint")
     case = next(c for c in json.loads((PARITY / "index.json").read_text())["cases"] if c["name"] == "e2e_i2va")

@@ -13,7 +13,7 @@ from torch import nn
 from mova_model.memory.fp8 import (FP8_MAX, SCALE_SUFFIX, dequantize_tensor, fp8_error, is_fp8_candidate,
                                    prepare_fp8_layers, quantize_module_, quantize_state_dict, quantize_tensor)
 from mova_model.memory.streaming import MaterializationCounter
-from mova_model.ops import FP8_DTYPE, Operations, cast_tensor, init_random_
+from mova_model.network.ops import FP8_DTYPE, Operations, cast_tensor, init_random_
 
 PARITY = Path(os.environ.get("MOVA_PARITY_DIR", Path(__file__).resolve().parents[4] / "shared" / "parity"))
 needs_parity = pytest.mark.skipif(not (PARITY / "checkpoint" / "model_index.json").is_file(),
@@ -85,8 +85,8 @@ def test_state_dict_and_module_paths_agree():
 
 @needs_parity
 def test_prequantized_folder_loads_and_checks(tmp_path):
-    from mova_model.checkpoint import MovaCheckpoint
-    from mova_model.describe import describe
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.checkpoint.describe import describe
     from mova_model.memory.quantize import quantize_cli, stored_format
 
     dst = tmp_path / "fp8"
@@ -135,9 +135,9 @@ def run_e2e(folder: Path, dtype: torch.dtype):
 
     from safetensors.torch import load_file
 
-    from mova_model.checkpoint import MovaCheckpoint
-    from mova_model.guidance import GuidanceConfig
-    from mova_model.pipeline import MovaPipeline
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.sampling.guidance import GuidanceConfig
+    from mova_model.sampling.pipeline import MovaPipeline
     case = next(c for c in json.loads((PARITY / "index.json").read_text())["cases"] if c["name"] == "e2e_i2va")
     a = case["args"]
     inputs = load_file(str(PARITY / "cases" / "e2e_i2va.inputs.safetensors"))

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from mova_model.configs import MovaConfigs
+from mova_model.checkpoint.configs import MovaConfigs
 from mova_model.memory.layout import BlockLayout
 from mova_model.memory.planner import (GB, Architecture, ModulePlan, PlanInputs, execution_modules, plan_cli,
                                        plan_memory, simulate_pass)
@@ -116,8 +116,8 @@ def test_simulation_limits():
 
 @pytest.mark.skipif(not (PARITY / "checkpoint" / "model_index.json").is_file(), reason="parity fixtures missing")
 def test_plan_matches_real_modules_and_layouts():
-    from mova_model.checkpoint import MovaCheckpoint
-    from mova_model.denoiser import BridgeScales, execution_order
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.network.denoiser import BridgeScales, execution_order
     from mova_model.memory.streaming import module_tags
 
     ckpt = MovaCheckpoint.open(PARITY / "checkpoint")

@@ -12,7 +12,7 @@ from torch import nn
 
 from mova_model.memory.streaming import (BlockLayout, BlockStreamer, MaterializationCounter, ThrottledCopyEngine,
                                          module_tags, release_on_error)
-from mova_model.ops import Operations, init_random_
+from mova_model.network.ops import Operations, init_random_
 
 PARITY = Path(os.environ.get("MOVA_PARITY_DIR", Path(__file__).resolve().parents[4] / "shared" / "parity"))
 
@@ -144,8 +144,8 @@ def test_throttled_engine_copies_every_byte():
 
 @pytest.mark.skipif(not (PARITY / "checkpoint" / "model_index.json").is_file(), reason="parity fixtures missing")
 def test_parity_denoiser_streamed_equals_resident():
-    from mova_model.checkpoint import MovaCheckpoint
-    from mova_model.denoiser import BridgeScales, execution_order, joint_forward
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.network.denoiser import BridgeScales, execution_order, joint_forward
 
     ckpt = MovaCheckpoint.open(PARITY / "checkpoint")
     video, audio, bridge = (ckpt.build(n) for n in ("video_dit", "audio_dit", "dual_tower_bridge"))

@@ -1,0 +1,150 @@
+"""Where a pipeline's modules live: built lazily from the checkpoint, placed per the memory plan.
+
+- `MemoryOptions`: what the user chose (auto from free VRAM / a VRAM budget / all resident; weights as
+  stored or fp8; prefetch depth). The planner (`memory.planner`) turns them into a `MemoryPlan`.
+- `ComponentCache`: modules of one checkpoint, memory-mapped and built on first use, shared by every
+  pipeline view of the checkpoint (LoRA copies included). A module is either *resident* (moved to the compute
+  device whole) or *host* (kept in host memory; the block streamer copies blocks to the device ahead of use).
+  `materialized` counts builds per component, so tests can check what was never loaded.
+- `SamplingModels`: the `sampler.DenoiserModels` view of one sampling run: LoRA patches attached while it
+  runs, and, when the plan streams, one `BlockStreamer` per expert as the denoiser's executor.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+import torch
+from torch import nn
+
+from ..checkpoint.folder import MovaCheckpoint
+from ..network.lora import LoraPatchSet, clear as clear_lora
+
+logger = logging.getLogger(__name__)
+
+EXPERTS = ("video_dit", "video_dit_2")
+STREAMABLE = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
+MEMORY_MODES = ("auto", "budget", "resident")
+WEIGHT_MODES = ("as stored", "fp8")
+
+
+@dataclass(frozen=True)
+class MemoryOptions:
+    """mode: "auto" (plan against the free VRAM the host reports), "budget" (plan against `vram_budget_gb`),
+    "resident" (everything on the device, or a clear error). weights: "as stored" or "fp8" (quantized on
+    load). prefetch_depth: blocks copied ahead (None: the planner decides). ram_budget_gb: host RAM to plan
+    against (None: what the OS reports available)."""
+
+    mode: str = "auto"
+    vram_budget_gb: Optional[float] = None
+    ram_budget_gb: Optional[float] = None
+    weights: str = "as stored"
+    prefetch_depth: Optional[int] = None
+
+    def validate(self) -> None:
+        if self.mode not in MEMORY_MODES:
+            raise ValueError(f"memory mode must be one of {', '.join(MEMORY_MODES)}, got {self.mode!r}")
+        if self.mode == "budget" and not (self.vram_budget_gb and self.vram_budget_gb > 0):
+            raise ValueError("memory mode 'budget' needs a VRAM budget in GB greater than 0")
+        if self.weights not in WEIGHT_MODES:
+            raise ValueError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {self.weights!r}")
+        if self.prefetch_depth is not None and self.prefetch_depth < 1:
+            raise ValueError(f"prefetch depth must be at least 1, got {self.prefetch_depth}")
+
+
+class ComponentCache:
+    """Built modules of one checkpoint (see the module docstring)."""
+
+    def __init__(self, checkpoint: MovaCheckpoint, device: torch.device, dtype: torch.dtype, fp8: bool = False) -> None:
+        self.checkpoint = checkpoint
+        self.device = device
+        self.dtype = dtype
+        self.fp8 = fp8
+        self.modules: Dict[str, nn.Module] = {}
+        self.resident: Dict[str, bool] = {}
+        self.materialized: Counter = Counter()
+
+    def get(self, name: str, dtype: Optional[torch.dtype] = None, resident: bool = True) -> nn.Module:
+        """The module, built if needed. `resident=False` keeps it in host memory (for the block streamer)."""
+        resident = resident or self.device.type == "cpu"
+        if name in self.modules and self.resident[name] != resident:
+            self.release(name)
+        if name not in self.modules:
+            module = self.checkpoint.build(name, dtype=dtype)
+            if self.fp8 and name in STREAMABLE:
+                from .fp8 import quantize_module_
+
+                count = quantize_module_(module, prefix=name)
+                logger.info("fp8: quantized %d matrices of %s", count, name)
+            if resident and self.device.type != "cpu":
+                module = module.to(self.device)
+            module.eval()
+            self.modules[name] = module
+            self.resident[name] = resident
+            self.materialized[name] += 1
+            logger.info("built %s (%s)", name, "on " + str(self.device) if resident else "in host memory, streamed")
+        return self.modules[name]
+
+    def release(self, name: str) -> None:
+        self.resident.pop(name, None)
+        if self.modules.pop(name, None) is not None:
+            logger.info("released %s", name)
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def release_all(self) -> None:
+        for name in list(self.modules):
+            self.release(name)
+
+
+class SamplingModels:
+    """`sampler.DenoiserModels` for one run: cache access, LoRA patches, and block streaming per the plan."""
+
+    def __init__(self, cache: ComponentCache, patches: LoraPatchSet, plan=None) -> None:
+        self.cache = cache
+        self.patches = patches
+        self.plan = plan if plan is not None and getattr(plan, "mode", "") == "streamed" else None
+        self.patched: Dict[str, nn.Module] = {}
+        self.streamers: Dict[str, object] = {}
+
+    def module(self, name: str) -> nn.Module:
+        module = self.cache.get(name, resident=self.plan is None or name not in STREAMABLE)
+        if name not in self.patched:
+            clear_lora(module)
+            if self.patches:
+                count = self.patches.apply(name, module)
+                logger.info("LoRA: %d layers of %s patched", count, name)
+            self.patched[name] = module
+        return module
+
+    def executor(self, name: str) -> Optional[Callable]:
+        if self.plan is None or name not in EXPERTS:
+            return None
+        if name not in self.streamers:
+            from ..network.denoiser import BridgeScales, execution_order
+            from .streaming import streamer_from_plan
+
+            expert, audio, bridge = self.module(name), self.module("audio_dit"), self.module("dual_tower_bridge")
+            order = execution_order(expert, audio, bridge, BridgeScales())
+            self.streamers[name] = streamer_from_plan(self.plan, expert, audio, bridge, self.cache.device, order,
+                                                      expert_name=name).prepare()
+        return self.streamers[name]
+
+    def release(self, name: str) -> None:
+        streamer = self.streamers.pop(name, None)
+        if streamer is not None:
+            streamer.release()
+        module = self.patched.pop(name, None)
+        if module is not None:
+            clear_lora(module)
+        self.cache.release(name)
+
+    def finish(self) -> None:
+        for name in list(self.streamers):
+            self.streamers.pop(name).release()
+        for module in self.patched.values():
+            clear_lora(module)
+        self.patched.clear()

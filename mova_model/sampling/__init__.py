@@ -1,0 +1,1 @@
+"""Sampling: scheduler, guidance, the denoising loop, conditioning, A2V/V2A drivers and the public MovaPipeline."""

@@ -1,0 +1,118 @@
+"""Held-stream inputs for audio-driven video (A2V) and video-driven audio (V2A).
+
+`prepare_driving_audio` turns any waveform (any rate, any channel count, any length) into the mono
+waveform of exactly one clip at the DAC's rate; `prepare_driving_video` turns a batch of frames into the
+clip's frame count at the clip's size. Both return a sentence saying what they changed, so the node can
+show it. `held_audio` / `held_video` then encode with the pipeline's VAEs and wrap a `HeldStream`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List
+
+import numpy as np
+import torch
+
+from ..media.av_io import resample_audio
+from ..media.image_preprocess import crop_and_resize
+from .pipeline import Conditioning, InputError, MovaPipeline, clip_audio_samples
+from .sampler import HOLD_MODES, HeldStream
+
+
+@dataclass
+class Prepared:
+    """A prepared tensor and the human-readable notes on what was changed to fit the clip."""
+
+    tensor: torch.Tensor
+    notes: List[str]
+
+    @property
+    def message(self) -> str:
+        return "; ".join(self.notes) if self.notes else "used as given"
+
+
+def clip_samples(conditioning: Conditioning, sample_rate: int) -> int:
+    """Samples of the clip at `sample_rate` (official `int(rate · frames / fps)`)."""
+    return clip_audio_samples(conditioning.num_frames, conditioning.video_fps, sample_rate)
+
+
+def prepare_driving_audio(waveform: torch.Tensor, sample_rate: int, conditioning: Conditioning, target_rate: int) -> Prepared:
+    """`waveform` `[B, C, S]` or `[C, S]` at `sample_rate` Hz -> mono `[1, 1, N]` at `target_rate` Hz, N = the
+    clip's sample count (trimmed or zero-padded, said in the notes)."""
+    if waveform.dim() == 3:
+        if waveform.shape[0] != 1:
+            raise InputError(f"audio: expected one clip, got a batch of {waveform.shape[0]}")
+        waveform = waveform[0]
+    if waveform.dim() != 2 or waveform.shape[-1] == 0:
+        raise InputError(f"audio: expected a waveform [channels, samples] with samples, got shape {list(waveform.shape)}")
+    if not torch.isfinite(waveform).all():
+        raise InputError("audio: the waveform contains NaN or infinite values")
+    notes = []
+    channels = waveform.shape[0]
+    mono = resample_audio(waveform, int(sample_rate), int(target_rate), 1)
+    if sample_rate != target_rate:
+        notes.append(f"resampled {sample_rate} Hz -> {target_rate} Hz")
+    if channels > 1:
+        notes.append(f"mixed {channels} channels to mono")
+    wanted = clip_samples(conditioning, target_rate)
+    have = mono.shape[1]
+    seconds = wanted / target_rate
+    if have > wanted:
+        mono = mono[:, :wanted]
+        notes.append(f"trimmed from {have / target_rate:.2f} s to the clip's {seconds:.2f} s")
+    elif have < wanted:
+        mono = torch.nn.functional.pad(mono, (0, wanted - have))
+        notes.append(f"padded with silence from {have / target_rate:.2f} s to the clip's {seconds:.2f} s")
+    return Prepared(mono.reshape(1, 1, -1).clamp(-1, 1), notes)
+
+
+def prepare_driving_video(frames: torch.Tensor, conditioning: Conditioning) -> Prepared:
+    """ComfyUI IMAGE `[F, H, W, 3]` 0..1 -> `[1, 3, F', H', W']` in [-1, 1] at the clip's size and frame count.
+
+    Frames beyond the clip's count are dropped; a clip shorter than needed is an error (V2A needs every frame).
+    Each frame is center-cropped and resized like the first frame (official `crop_and_resize`).
+    """
+    if frames.dim() != 4 or frames.shape[-1] not in (3, 4):
+        raise InputError(f"frames: expected a ComfyUI IMAGE batch [frames, height, width, 3], got {list(frames.shape)}")
+    count = frames.shape[0]
+    wanted = conditioning.num_frames
+    notes = []
+    if count == 0:
+        raise InputError(f"frames: the clip needs {wanted} frames (4k+1) but 0 were given")
+    if count < wanted:
+        usable = (count - 1) // 4 * 4 + 1
+        raise InputError(f"frames: the clip needs {wanted} frames (4k+1) but {count} were given; set the conditioner's "
+                         f"frames to {usable} or fewer, or give a longer video")
+    if count > wanted:
+        notes.append(f"used the first {wanted} of {count} frames (the clip length is 4k+1 = {wanted})")
+    images = (frames[:wanted, :, :, :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    h, w = conditioning.height, conditioning.width
+    if images.shape[1:3] != (h, w):
+        notes.append(f"center-cropped and resized {images.shape[2]}x{images.shape[1]} -> {w}x{h}")
+        images = np.stack([crop_and_resize(image, h, w) for image in images])
+    video = torch.from_numpy(images).float().div(127.5).sub(1.0)  # [F, H, W, 3] in [-1, 1]
+    return Prepared(video.permute(3, 0, 1, 2).unsqueeze(0).contiguous(), notes)
+
+
+def _check_mode(mode: str) -> str:
+    if mode not in HOLD_MODES:
+        raise InputError(f"mode must be one of {', '.join(HOLD_MODES)}, got {mode!r}")
+    return mode
+
+
+def held_audio(pipeline: MovaPipeline, waveform: torch.Tensor, sample_rate: int, conditioning: Conditioning,
+               mode: str = "clean") -> tuple:
+    """(HeldStream of DAC latents `[1, C, L]`, notes) for A2V."""
+    prepared = prepare_driving_audio(waveform, sample_rate, conditioning, pipeline.sample_rate)
+    latents = pipeline.encode_audio(prepared.tensor)
+    _, audio_shape = pipeline.latent_shapes(conditioning.width, conditioning.height, conditioning.num_frames, conditioning.video_fps)
+    latents = latents[..., : audio_shape[-1]]
+    return HeldStream("audio", latents, _check_mode(mode)), prepared.message
+
+
+def held_video(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Conditioning, mode: str = "clean") -> tuple:
+    """(HeldStream of normalized Wan VAE latents `[1, z, T', H/8, W/8]`, notes) for V2A."""
+    prepared = prepare_driving_video(frames, conditioning)
+    latents = pipeline.encode_video(prepared.tensor)
+    return HeldStream("video", latents, _check_mode(mode)), prepared.message

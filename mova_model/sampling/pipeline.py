@@ -1,0 +1,330 @@
+"""`MovaPipeline`: the public API the ComfyUI nodes (and plain Python users) call.
+
+    pipe = MovaPipeline.from_pretrained("models/mova/MOVA-360p", device="cuda", dtype=torch.bfloat16)
+    cond = pipe.prepare_conditioning(prompt, negative_prompt, image_uint8, width=640, height=352,
+                                     num_frames=193, video_fps=24.0)
+    latents = pipe.sample(cond, seed=42, steps=50, guidance=GuidanceConfig(text_scale=5.0), callback=cb)
+    frames = pipe.decode_video(latents)        # [F, H, W, 3] float 0..1
+    waveform, rate = pipe.decode_audio(latents)  # [1, 1, S] float, Hz
+
+It mirrors the official `MOVA.__call__` (see `sampler.py` for the loop) and adds what the official pipeline
+lacks: text-only generation (T2VA, a white first frame through the normal image path, as the official
+prompt-enhancement workflow does), dual CFG, held audio/video streams, LoRA patches, and lazy components:
+each module is memory-mapped and built on first use, the text encoder is released after encoding, the
+low-noise expert is only built at the expert switch and the high-noise expert is released after it.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable, Optional, Tuple
+
+import numpy as np
+import torch
+
+from ..checkpoint.folder import MovaCheckpoint, build_meta_module
+from .conditioning import first_frame_condition
+from .guidance import GuidanceConfig, required_branches
+from ..media.image_preprocess import crop_and_resize, to_model_range, white_frame
+from ..network.lora import LoraPatch, LoraPatchSet
+from ..memory.model_store import ComponentCache, MemoryOptions, SamplingModels
+from .sampler import HeldStream, SamplingInputs, SamplingStats, StepInfo, sample as run_sampler, seeded_noise
+from .scheduler import FlowMatchPairScheduler
+from ..network.text_encoder import TextEncoder
+from ..network.video_vae import VideoVAE
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_NEGATIVE_PROMPT = (
+    "色调艳丽，过曝，静态，细节模糊不清，字幕，风格，作品，画作，画面，静止，整体发灰，最差质量，低质量，"
+    "JPEG压缩残留，丑陋的，残缺的，多余的手指"
+)
+"""The negative prompt of the official inference script (the Wan-style Chinese negative prompt)."""
+
+DIT_COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
+
+
+class InputError(ValueError):
+    """A generation setting outside what MOVA accepts; the message names the input and what is allowed."""
+
+
+@dataclass
+class Conditioning:
+    """Everything sampling needs besides noise: text embeddings `[1, 512, text_dim]`, the first-frame
+    condition `[1, 4 + z, T', H/8, W/8]` and the clip geometry (pixels, frames, frames per second)."""
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor
+    condition: torch.Tensor
+    width: int
+    height: int
+    num_frames: int
+    video_fps: float
+    prompt: str = ""
+    negative_prompt: str = ""
+    text_only: bool = False
+
+
+@dataclass
+class JointLatents:
+    """Video latents (normalized, `[1, z, T', H/8, W/8]`) and audio latents (`[1, C, L]`) of one clip."""
+
+    video: torch.Tensor
+    audio: torch.Tensor
+    width: int
+    height: int
+    num_frames: int
+    video_fps: float
+    sample_rate: int
+
+
+def clip_audio_samples(num_frames: int, video_fps: float, sample_rate: int) -> int:
+    """Audio samples of a clip of `num_frames` at `video_fps` (official `int(sample_rate · frames / fps)`)."""
+    return int(sample_rate * num_frames / video_fps)
+
+
+def validate_geometry(width: int, height: int, num_frames: int, video_fps: float) -> None:
+    """Raise `InputError` unless the size is MOVA-legal (official `check_inputs`: H, W multiples of 16,
+    frames = 4k + 1) and fps is positive."""
+    problems = []
+    if not isinstance(width, int) or width < 16 or width % 16:
+        problems.append(f"width must be a positive multiple of 16, got {width}")
+    if not isinstance(height, int) or height < 16 or height % 16:
+        problems.append(f"height must be a positive multiple of 16, got {height}")
+    if not isinstance(num_frames, int) or num_frames < 1 or num_frames % 4 != 1:
+        problems.append(f"frames must be 4k+1 (1, 5, 9, ..., 193), got {num_frames}")
+    if not video_fps > 0:
+        problems.append(f"fps must be greater than 0, got {video_fps}")
+    if problems:
+        raise InputError("; ".join(problems))
+
+
+class MovaPipeline:
+    """A MOVA checkpoint folder ready to generate. Cheap to create: nothing is loaded until used."""
+
+    def __init__(self, checkpoint: MovaCheckpoint, device: torch.device | str = "cpu",
+                 dtype: torch.dtype = torch.float32, cache: Optional[ComponentCache] = None,
+                 lora: Optional[LoraPatchSet] = None, memory: Optional[MemoryOptions] = None) -> None:
+        self.checkpoint = checkpoint
+        self.configs = checkpoint.configs
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.memory = memory or MemoryOptions()
+        self.memory.validate()
+        self.cache = cache or ComponentCache(checkpoint, self.device, dtype, fp8=self.memory.weights == "fp8")
+        self.lora = lora or LoraPatchSet()
+        self.scheduler = FlowMatchPairScheduler(self.configs.scheduler)
+        self.last_stats: Optional[SamplingStats] = None
+        self.last_plan = None
+        self.free_vram_probe: Optional[Callable[[float], float]] = None
+        """probe(bytes_needed) -> free VRAM in bytes; the ComfyUI node sets it to ask the host's model management
+        to make room and report what is free."""
+
+    @classmethod
+    def from_pretrained(cls, folder: Path | str, device: torch.device | str = "cpu",
+                        dtype: torch.dtype = torch.float32, memory: Optional[MemoryOptions] = None) -> "MovaPipeline":
+        """Open and validate (headers only) a MOVA checkpoint folder; raises `CheckpointError` if broken."""
+        checkpoint = MovaCheckpoint.open(Path(folder))
+        checkpoint.validate()
+        return cls(checkpoint, device=device, dtype=dtype, memory=memory)
+
+    # -- memory ---------------------------------------------------------------------------------------
+    def memory_plan(self, width: int = 640, height: int = 352, num_frames: int = 193, video_fps: float = 24.0,
+                    cfg_passes: int = 2, steps: int = 50, vram_bytes: Optional[float] = None):
+        """The `memory.planner.MemoryPlan` for a clip on this pipeline's device and memory options.
+
+        VRAM: `vram_bytes` if given, else the budget (mode "budget"), else the free VRAM reported by
+        `free_vram_probe` (the host) or by CUDA. Host RAM: the option, else what the OS reports available.
+        """
+        from ..memory.planner import available_ram_bytes, free_vram_bytes, plan_memory
+        from ..memory.quantize import stored_format
+        from ..memory.sizes import GB, Architecture, PlanInputs
+
+        options = self.memory
+        ram_bytes = float(options.ram_budget_gb) * GB if options.ram_budget_gb else available_ram_bytes()
+        stored = stored_format(self.checkpoint.root)
+        inputs = PlanInputs(vram_bytes=1.0, ram_bytes=max(ram_bytes, 1.0), width=width, height=height,
+                            frames=num_frames, fps=video_fps, cfg_passes=cfg_passes, steps=steps,
+                            weights="fp8" if options.weights == "fp8" or stored == "fp8" else "bf16", stored=stored,
+                            mode=options.mode, prefetch_depth=options.prefetch_depth)
+        arch = Architecture.from_configs(self.configs)
+        if vram_bytes is None:
+            if options.mode == "budget":
+                vram_bytes = float(options.vram_budget_gb) * GB
+            elif self.free_vram_probe is not None:
+                # ask the host to make room for the all-resident peak first, then plan against what is free
+                need = plan_memory(replace(inputs, vram_bytes=1e15, mode="auto"), arch).vram_peak_bytes
+                vram_bytes = float(self.free_vram_probe(need))
+            else:
+                vram_bytes = free_vram_bytes(self.device)
+        inputs = replace(inputs, vram_bytes=max(float(vram_bytes), 1.0))
+        return plan_memory(inputs, arch)
+
+    # -- geometry -------------------------------------------------------------------------------------
+    @property
+    def sample_rate(self) -> int:
+        return int(self.configs.audio_vae.sample_rate)
+
+    def latent_shapes(self, width: int, height: int, num_frames: int, video_fps: float) -> Tuple[Tuple[int, ...], Tuple[int, ...]]:
+        """(video latent shape, audio latent shape) for a clip, as `prepare_latents` / `prepare_audio_latents`."""
+        vae = self.configs.video_vae
+        z = vae.z_dim
+        latent_frames = (num_frames - 1) // vae.scale_factor_temporal + 1
+        audio_samples = clip_audio_samples(num_frames, video_fps, self.sample_rate)
+        audio_len = (audio_samples - 1) // self.configs.audio_vae.hop_length + 1
+        audio_channels = self.configs.audio_dit.in_dim
+        return ((1, z, latent_frames, height // vae.scale_factor_spatial, width // vae.scale_factor_spatial),
+                (1, audio_channels, audio_len))
+
+    # -- conditioning ---------------------------------------------------------------------------------
+    def encode_prompts(self, prompts: list) -> torch.Tensor:
+        """UMT5 embeddings `[len(prompts), 512, d_model]` (float32), padded rows zero. The encoder is built for
+        this call and released afterwards. On a GPU it runs where the memory plan says: resident, with its 24
+        blocks streamed, or on the CPU when even that does not fit."""
+        placement = self.memory_plan().text_encoder if self.device.type == "cuda" else "resident"
+        module = self.cache.get("text_encoder", dtype=self.dtype, resident=placement == "resident")
+        try:
+            encoder = TextEncoder(self.checkpoint.root / "tokenizer", module)
+            with torch.no_grad():
+                if placement == "streamed":
+                    from ..memory.streaming import stack_streamer
+
+                    with stack_streamer(module, list(module.encoder.block), self.device) as streamer:
+                        streamer.attach()
+                        embeds = encoder.encode(list(prompts), device=self.device).embeds
+                else:
+                    embeds = encoder.encode(list(prompts)).embeds
+        finally:
+            self.cache.release("text_encoder")
+        return embeds.float().to(self.device)
+
+    def video_vae(self) -> VideoVAE:
+        vae_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        return VideoVAE(self.cache.get("video_vae", dtype=vae_dtype), self.configs.video_vae)
+
+    def prepare_image(self, image_uint8: Optional[np.ndarray], width: int, height: int) -> torch.Tensor:
+        """First frame `[1, 3, H, W]` in [-1, 1]: center-cropped and resized like the official script, or a
+        white frame when `image_uint8` is None (T2VA)."""
+        if image_uint8 is None:
+            frame = white_frame(height, width)
+        else:
+            if image_uint8.ndim != 3 or image_uint8.shape[2] != 3:
+                raise InputError(f"image must be one RGB frame [H, W, 3], got shape {list(image_uint8.shape)}")
+            frame = crop_and_resize(image_uint8, height, width)
+        return to_model_range(frame)
+
+    def prepare_conditioning(self, prompt: str, negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
+                             image_uint8: Optional[np.ndarray] = None, width: int = 640, height: int = 352,
+                             num_frames: int = 193, video_fps: float = 24.0) -> Conditioning:
+        """Text embeddings and first-frame condition for one clip. `image_uint8` `[h, w, 3]` uint8 or None."""
+        validate_geometry(width, height, num_frames, video_fps)
+        embeds = self.encode_prompts([prompt, negative_prompt])
+        image = self.prepare_image(image_uint8, width, height).to(self.device)
+        with torch.no_grad():
+            condition = first_frame_condition(self.video_vae(), image, num_frames)
+        return Conditioning(prompt_embeds=embeds[0:1], negative_prompt_embeds=embeds[1:2],
+                            condition=condition.float(), width=width, height=height, num_frames=num_frames,
+                            video_fps=float(video_fps), prompt=prompt, negative_prompt=negative_prompt,
+                            text_only=image_uint8 is None)
+
+    # -- sampling -------------------------------------------------------------------------------------
+    def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
+               guidance: Optional[GuidanceConfig] = None, noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
+               held: Optional[HeldStream] = None, callback: Optional[Callable[[StepInfo], None]] = None,
+               plan=None) -> JointLatents:
+        """Denoise one clip. `noise` = (video, audio) initial noise to inject; else drawn from `seed` exactly as
+        the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
+        `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options."""
+        c = conditioning
+        video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
+        if noise is None:
+            video_noise, audio_noise = seeded_noise(seed, video_shape, audio_shape)
+        else:
+            video_noise, audio_noise = noise
+            if tuple(video_noise.shape) != video_shape or tuple(audio_noise.shape) != audio_shape:
+                raise InputError(f"injected noise must be video {list(video_shape)} and audio {list(audio_shape)}, "
+                                 f"got {list(video_noise.shape)} and {list(audio_noise.shape)}")
+        if held is not None:
+            expected = video_shape if held.modality == "video" else audio_shape
+            if tuple(held.latents.shape) != expected:
+                raise InputError(f"held {held.modality} latents must be {list(expected)} for this clip, got {list(held.latents.shape)}")
+        inputs = SamplingInputs(
+            prompt_embeds=c.prompt_embeds.to(self.device), negative_prompt_embeds=c.negative_prompt_embeds.to(self.device),
+            condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
+            audio_noise=audio_noise.to(self.device), video_fps=c.video_fps)
+        if plan is None and (self.device.type == "cuda" or self.memory.mode == "budget"):
+            passes = len(required_branches(guidance or GuidanceConfig()))
+            plan = self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps)
+        if plan is not None:
+            logger.info("memory plan:\n%s", plan.format())
+            if not plan.fits:
+                raise InputError("this clip does not fit in the memory available: " + "; ".join(plan.problems)
+                                 + " (lower the resolution or frame count, use fp8 weights, or free VRAM)")
+        self.last_plan = plan
+        models = SamplingModels(self.cache, self.lora, plan)
+        stats = SamplingStats()
+        try:
+            with torch.no_grad():
+                video, audio = run_sampler(models, self.scheduler, inputs, steps, guidance or GuidanceConfig(),
+                                           self.configs.boundary_timestep, held=held, callback=callback, stats=stats)
+        finally:
+            models.finish()
+            self.last_stats = stats
+        return JointLatents(video=video, audio=audio, width=c.width, height=c.height, num_frames=c.num_frames,
+                            video_fps=c.video_fps, sample_rate=self.sample_rate)
+
+    # -- decoding -------------------------------------------------------------------------------------
+    def decode_video_raw(self, latents: JointLatents | torch.Tensor) -> torch.Tensor:
+        """Decoded video `[1, 3, F, H, W]` in [-1, 1] (official: denormalize, Wan VAE decode)."""
+        video = latents.video if isinstance(latents, JointLatents) else latents
+        vae = self.video_vae()
+        with torch.no_grad():
+            return vae.decode(video.to(self.device)).float()
+
+    def decode_video(self, latents: JointLatents | torch.Tensor) -> torch.Tensor:
+        """Frames `[F, H, W, 3]` float in [0, 1] (ComfyUI IMAGE layout), `(x / 2 + 0.5).clamp(0, 1)`."""
+        decoded = self.decode_video_raw(latents)
+        return (decoded[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).contiguous().cpu()
+
+    def decode_audio(self, latents: JointLatents | torch.Tensor) -> Tuple[torch.Tensor, int]:
+        """Waveform `[1, 1, L · hop]` float (untrimmed, as the official DAC decode) and its sample rate in Hz."""
+        audio = latents.audio if isinstance(latents, JointLatents) else latents
+        vae = self.cache.get("audio_vae", dtype=torch.float32)
+        with torch.no_grad():
+            wave = vae.decode(audio.to(self.device, torch.float32))
+        return wave.float().cpu(), self.sample_rate
+
+    def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
+        """Audio latents `[1, C, L]` (posterior mean) of a mono waveform `[1, 1, S]` at the model's rate."""
+        vae = self.cache.get("audio_vae", dtype=torch.float32)
+        with torch.no_grad():
+            padded = vae.preprocess(waveform.to(self.device, torch.float32), self.sample_rate)
+            mean, _ = vae.encode(padded)
+        return mean.float()
+
+    def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
+        """Normalized video latents `[1, z, T', H/8, W/8]` (posterior mode) of frames `[1, 3, F, H, W]` in [-1, 1]."""
+        vae = self.video_vae()
+        with torch.no_grad():
+            return vae.normalize(vae.encode_mode(frames.to(self.device))).float()
+
+    # -- patches --------------------------------------------------------------------------------------
+    def with_lora(self, patch: LoraPatch) -> "MovaPipeline":
+        """A new pipeline sharing this one's modules, with `patch` stacked on its LoRA set; `self` is unchanged."""
+        single = LoraPatchSet((patch,))
+        for component in patch.weights.pairs:
+            if component not in DIT_COMPONENTS:
+                raise InputError(f"LoRA component {component!r} is not one of {', '.join(DIT_COMPONENTS)}")
+            # Checked against the module built on the meta device: names and shapes, no weight read.
+            single.check(component, build_meta_module(component, self.checkpoint.config(component)))
+        clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
+                             lora=self.lora.with_patch(patch), memory=self.memory)
+        clone.free_vram_probe = self.free_vram_probe
+        return clone
+
+    def release_all(self) -> None:
+        """Drop every built module (device memory first). Used after errors and interrupts."""
+        self.cache.release_all()
+

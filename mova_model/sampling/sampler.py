@@ -1,0 +1,203 @@
+"""The joint video+audio sampling loop (official `MOVA.__call__` denoising loop, plus dual CFG and held streams).
+
+Per step (official order): pick the video expert (permanent switch to `video_dit_2` at the first step whose
+video timestep is below `boundary_ratio × num_train_timesteps`), run the guidance branches through the joint
+denoiser with `cat([latents, condition])` as the video input, combine in float32, then move each stream from
+its timestep to the next with the scheduler's `step_from_to` (grid-looked-up sigmas; sigma 0 after the last).
+
+Held streams (A2V: audio given, V2A: video given) keep one stream fixed to given clean latents:
+- `"clean"` (default): the held tower sees the clean latents at timestep 0 every step, as a finished stream
+  would look at the end of sampling; the other stream denoises as usual (`parity-held` fixtures).
+- `"renoise"`: the held tower sees the clean latents re-noised to the current sigma with a fixed noise,
+  `x_t = (1 − σ)·x0 + σ·ε` (flow-matching interpolation, as inpainting does) and the current timestep.
+In both modes the held stream's own prediction is discarded and the returned held stream equals the input.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable, Dict, Optional, Protocol, Tuple
+
+import torch
+from torch import nn
+
+from ..network.denoiser import BridgeScales, joint_forward
+from .guidance import Branch, GuidanceConfig, combine, required_branches
+from .scheduler import FlowMatchPairScheduler
+
+logger = logging.getLogger(__name__)
+
+HIGH_NOISE_EXPERT = "video_dit"
+LOW_NOISE_EXPERT = "video_dit_2"
+HOLD_MODES = ("clean", "renoise")
+
+
+@dataclass
+class HeldStream:
+    """A stream kept fixed while the other one is generated.
+
+    modality: "audio" (A2V) or "video" (V2A); latents: clean latents, video normalized
+    `[1, z, T', H/8, W/8]` or audio `[1, C, L]`; mode: "clean" or "renoise" (see module docstring).
+    """
+
+    modality: str
+    latents: torch.Tensor
+    mode: str = "clean"
+
+    def __post_init__(self) -> None:
+        if self.modality not in ("audio", "video"):
+            raise ValueError(f"held stream modality must be 'audio' or 'video', got {self.modality!r}")
+        if self.mode not in HOLD_MODES:
+            raise ValueError(f"hold mode must be one of {', '.join(HOLD_MODES)}, got {self.mode!r}")
+
+
+@dataclass
+class StepInfo:
+    """What the per-step callback receives. Latents are float32 on the compute device after the step."""
+
+    index: int
+    total: int
+    expert: str
+    video_timestep: float
+    audio_timestep: float
+    video_latents: torch.Tensor
+    audio_latents: torch.Tensor
+    passes: int
+
+
+@dataclass
+class SamplingInputs:
+    """Everything the loop needs besides the models.
+
+    prompt_embeds / negative_prompt_embeds: `[1, 512, text_dim]`; condition: `[1, 4 + z, T', H/8, W/8]`;
+    video_noise `[1, z, T', H/8, W/8]`, audio_noise `[1, C, L]` (float32); video_fps in frames per second.
+    """
+
+    prompt_embeds: torch.Tensor
+    negative_prompt_embeds: torch.Tensor
+    condition: torch.Tensor
+    video_noise: torch.Tensor
+    audio_noise: torch.Tensor
+    video_fps: float
+
+
+class DenoiserModels(Protocol):
+    """Where the loop gets its modules; experts are materialized on first use, released on request."""
+
+    def module(self, name: str) -> nn.Module: ...
+
+    def release(self, name: str) -> None: ...
+
+    def executor(self, name: str) -> Optional[Callable]: ...
+
+
+@dataclass
+class SamplingStats:
+    """Counts for tests and logs: passes per step, expert per step."""
+
+    experts: list = field(default_factory=list)
+    passes_per_step: list = field(default_factory=list)
+
+
+def seeded_noise(seed: int, video_shape: Tuple[int, ...], audio_shape: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Initial noise exactly as the official script draws it: `torch.manual_seed(seed)`, then one float32
+    `randn` for the video latents and one for the audio latents, on the CPU. A private generator with the same
+    seed gives the same numbers without touching the host's global RNG."""
+    generator = torch.Generator(device="cpu").manual_seed(int(seed))
+    video = torch.randn(video_shape, generator=generator, dtype=torch.float32)
+    audio = torch.randn(audio_shape, generator=generator, dtype=torch.float32)
+    return video, audio
+
+
+def _held_input(held: HeldStream, noise: torch.Tensor, sigma: float, timestep: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(stream input, timestep) for a held stream at the current step."""
+    clean = held.latents.to(device=noise.device, dtype=torch.float32)
+    if held.mode == "clean":
+        return clean, torch.zeros_like(timestep)
+    return (1.0 - sigma) * clean + sigma * noise, timestep
+
+
+def sample(
+    models: DenoiserModels,
+    scheduler: FlowMatchPairScheduler,
+    inputs: SamplingInputs,
+    num_steps: int,
+    guidance: GuidanceConfig,
+    boundary_timestep: float,
+    held: Optional[HeldStream] = None,
+    callback: Optional[Callable[[StepInfo], None]] = None,
+    stats: Optional[SamplingStats] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Denoise from `inputs.video_noise` / `inputs.audio_noise`; return float32 (video `[1, z, T', H', W']`,
+    audio `[1, C, L]`) latents. `callback(StepInfo)` runs after every step and may raise to cancel."""
+    if num_steps < 1:
+        raise ValueError(f"steps must be at least 1, got {num_steps}")
+    guidance.validate()
+    device = inputs.condition.device
+    pairs = scheduler.timesteps_for(num_steps)
+    branches = required_branches(guidance)
+    video_scales, audio_scales = guidance.scales("video"), guidance.scales("audio")
+    bridge_on = BridgeScales(condition=1.0, a2v=guidance.a2v_scale, v2a=guidance.v2a_scale)
+    bridge_off = BridgeScales(condition=0.0)
+    contexts = {True: inputs.prompt_embeds, False: inputs.negative_prompt_embeds}
+
+    video = inputs.video_noise.to(device=device, dtype=torch.float32)
+    audio = inputs.audio_noise.to(device=device, dtype=torch.float32)
+    if held is not None and held.modality == "video":
+        video = held.latents.to(device=device, dtype=torch.float32)
+    if held is not None and held.modality == "audio":
+        audio = held.latents.to(device=device, dtype=torch.float32)
+
+    expert_name = HIGH_NOISE_EXPERT
+    switched = False
+    for index in range(num_steps):
+        t_video = pairs[index, 0].reshape(1).to(device=device, dtype=torch.float32)
+        t_audio = pairs[index, 1].reshape(1).to(device=device, dtype=torch.float32)
+        video_in, t_video_in = video, t_video
+        audio_in, t_audio_in = audio, t_audio
+        if held is not None and held.modality == "video":
+            video_in, t_video_in = _held_input(held, inputs.video_noise.to(device), scheduler.sigma_of(t_video).item(), t_video)
+        if held is not None and held.modality == "audio":
+            audio_in, t_audio_in = _held_input(held, inputs.audio_noise.to(device), scheduler.sigma_of(t_audio).item(), t_audio)
+
+        if not switched and t_video_in.item() < boundary_timestep:
+            models.release(HIGH_NOISE_EXPERT)
+            expert_name = LOW_NOISE_EXPERT
+            switched = True
+            logger.info("step %d: switching to the low-noise expert (video timestep %.3f < %.1f)",
+                        index, t_video_in.item(), boundary_timestep)
+        expert = models.module(expert_name)
+        audio_dit = models.module("audio_dit")
+        bridge = models.module("dual_tower_bridge")
+        executor = models.executor(expert_name)
+
+        video_input = torch.cat([video_in, inputs.condition.to(torch.float32)], dim=1)
+        video_preds: Dict[Branch, torch.Tensor] = {}
+        audio_preds: Dict[Branch, torch.Tensor] = {}
+        for branch in branches:
+            v_pred, a_pred = joint_forward(
+                expert, audio_dit, bridge, video_input, audio_in, contexts[branch.text],
+                t_video_in, t_audio_in, inputs.video_fps,
+                scales=bridge_on if branch.bridge else bridge_off, executor=executor,
+            )
+            video_preds[branch], audio_preds[branch] = v_pred.float(), a_pred.float()
+        video_velocity = combine(video_preds, *video_scales)
+        audio_velocity = combine(audio_preds, *audio_scales)
+
+        last = index + 1 >= num_steps
+        t_video_next = None if last else pairs[index + 1, 0].reshape(1).to(device)
+        t_audio_next = None if last else pairs[index + 1, 1].reshape(1).to(device)
+        if held is None or held.modality != "video":
+            video = scheduler.step_from_to(video_velocity, t_video, t_video_next, video)
+        if held is None or held.modality != "audio":
+            audio = scheduler.step_from_to(audio_velocity, t_audio, t_audio_next, audio)
+
+        if stats is not None:
+            stats.experts.append(expert_name)
+            stats.passes_per_step.append(len(branches))
+        if callback is not None:
+            callback(StepInfo(index=index, total=num_steps, expert=expert_name,
+                              video_timestep=float(t_video_in.item()), audio_timestep=float(t_audio_in.item()),
+                              video_latents=video, audio_latents=audio, passes=len(branches)))
+    return video, audio
