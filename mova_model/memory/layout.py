@@ -11,6 +11,9 @@ from torch import nn
 ALIGN_BYTES = 256
 """Offset alignment of tensors inside a slot (covers every dtype and CUDA's preferred alignment)."""
 
+CPU_COMPUTE_ALIGN_BYTES = 64
+"""Address alignment of every weight a CPU forward reads (see `align_tensors_`)."""
+
 
 @dataclass
 class _Entry:
@@ -88,3 +91,37 @@ class BlockLayout:
             table = entry.owner._parameters if entry.is_param else entry.owner._buffers
             table[entry.attr] = entry.host
         self.bound = False
+
+
+def align_tensors_(module: nn.Module, alignment: int = CPU_COMPUTE_ALIGN_BYTES) -> int:
+    """Give every parameter and buffer of `module` an address that is a multiple of `alignment` bytes.
+
+    Why: on CPU, fp32 `linear` goes to MKL's sgemm/sgemv, and MKL chooses its kernel (and so the order of the
+    additions) by the operands' address alignment. Weights memory-mapped from a safetensors file sit wherever
+    the file puts them (the format aligns to 8 bytes only), while every tensor torch allocates, and every
+    block-streamer slot, is 64-byte aligned. Measured on an AMD EPYC (AVX-512) with MKL 2024.2: a [1, 32] x
+    [64, 32]^T linear differs by up to 1e-6 between a weight at a 16-byte and at a 4/8-byte aligned address,
+    under every ATEN_CPU_CAPABILITY and with one thread; `MKL_CBWR=COMPATIBLE` removes the difference. Copying
+    the misaligned tensors once makes resident and streamed weights reach MKL with the same alignment, so both
+    paths compute the same numbers on every CPU. Tensors that are already aligned stay memory-mapped.
+
+    A tensor shared by two attributes is copied once and stays shared. Returns the number of bytes copied.
+    """
+    copies: Dict[int, torch.Tensor] = {}
+    copied = 0
+    for sub in module.modules():
+        for table in (sub._parameters, sub._buffers):
+            for attr, tensor in table.items():
+                if tensor is None or tensor.device.type != "cpu" or tensor.data_ptr() % alignment == 0:
+                    continue
+                key = id(tensor)
+                if key not in copies:
+                    fresh = tensor.detach().clone(memory_format=torch.contiguous_format)
+                    if fresh.data_ptr() % alignment:
+                        raise RuntimeError(f"the CPU allocator returned memory that is not {alignment}-byte aligned")
+                    if isinstance(tensor, nn.Parameter):
+                        fresh = nn.Parameter(fresh, requires_grad=tensor.requires_grad)
+                    copies[key] = fresh
+                    copied += tensor.numel() * tensor.element_size()
+                table[attr] = copies[key]
+    return copied

@@ -22,6 +22,7 @@ from torch import nn
 
 from ..checkpoint.folder import MovaCheckpoint
 from ..network.lora import LoraPatchSet, clear as clear_lora
+from .layout import align_tensors_
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +82,11 @@ class ComponentCache:
                 logger.info("fp8: quantized %d matrices of %s", count, name)
             if resident and self.device.type != "cpu":
                 module = module.to(self.device)
+            elif self.device.type == "cpu":
+                copied = align_tensors_(module)
+                if copied:
+                    logger.info("%s: copied %.1f MB of weights that the file leaves misaligned for CPU compute",
+                                name, copied / 1e6)
             module.eval()
             self.modules[name] = module
             self.resident[name] = resident
