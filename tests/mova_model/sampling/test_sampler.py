@@ -8,9 +8,12 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from mova_model.memory.layout import align_tensors_
 from mova_model.network.denoiser import BridgeScales, joint_forward
 from mova_model.sampling.guidance import GuidanceConfig, required_branches
 from mova_model.sampling.sampler import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, HeldStream, seeded_noise
+
+import codec_parity_helpers as H  # tests/ is on pytest's pythonpath
 
 ONE_PASS = GuidanceConfig(text_scale=1.0, bridge_scale=1.0)
 
@@ -45,9 +48,19 @@ def test_seeded_noise_reproduces_the_official_recorded_noise(shared_dir):
     with safe_open(str(parity / case["outputs"]), framework="pt") as handle:
         recorded_video = handle.get_tensor("initial_video_noise")
         recorded_audio = handle.get_tensor("initial_audio_noise")
-    video, audio = seeded_noise(case["args"]["seed"], tuple(recorded_video.shape), tuple(recorded_audio.shape))
-    assert torch.equal(video, recorded_video)
-    assert torch.equal(audio, recorded_audio)
+    seed = case["args"]["seed"]
+    video, audio = seeded_noise(seed, tuple(recorded_video.shape), tuple(recorded_audio.shape))
+    torch.manual_seed(seed)  # the official order, run on this CPU: one randn per stream after manual_seed
+    official_video, official_audio = torch.randn(recorded_video.shape), torch.randn(recorded_audio.shape)
+    assert torch.equal(video, official_video) and torch.equal(audio, official_audio)
+    if H.SCALAR_ATEN_KERNELS:
+        # the scalar normal sampler (ATEN_CPU_CAPABILITY=default) differs from the vectorized one the recording
+        # was made with: measured up to 1.2e-6 on an AMD EPYC, in 127 of 288 values
+        torch.testing.assert_close(video, recorded_video, atol=2e-6, rtol=0)
+        torch.testing.assert_close(audio, recorded_audio, atol=2e-6, rtol=0)
+    else:
+        assert torch.equal(video, recorded_video)
+        assert torch.equal(audio, recorded_audio)
 
 
 # -- held stream validation -------------------------------------------------------------------------------
@@ -134,7 +147,11 @@ def test_invalid_guidance_and_steps_are_refused_before_any_pass(fresh_pipe, tiny
 
 # -- agreement with the official loop and the dual-CFG formula --------------------------------------------
 def _modules(pipe):
-    return {name: pipe.checkpoint.build(name) for name in ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")}
+    """Built as the pipeline builds them for CPU compute (64-byte aligned: see `memory.layout.align_tensors_`)."""
+    models = {name: pipe.checkpoint.build(name) for name in ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")}
+    for module in models.values():
+        align_tensors_(module)
+    return models
 
 
 def _branch(models, expert, cond, video, audio, context, t, scales):

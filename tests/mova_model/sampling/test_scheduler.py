@@ -27,7 +27,7 @@ def test_scheduler_matches_official(case):
     args = case["args"]
     configs = MovaConfigs.from_folder(H.checkpoint_dir(case))
     sched = FlowMatchPairScheduler(configs.scheduler)
-    exact = {"atol": 0.0, "rtol": 0.0}
+    exact = H.recorded_exact_tolerance()
 
     H.assert_close(sched.train_timesteps, out["train_timesteps"], what="train_timesteps", **exact)
     H.assert_close(sched.train_sigmas, out["train_sigmas"], what="train_sigmas", **exact)
