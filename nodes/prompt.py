@@ -182,7 +182,7 @@ class MovaPromptEnhancer(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "timeout_s", default=120, min=1, max=3600,
-                    tooltip="Seconds to wait for the server's answer.",
+                    tooltip="Total seconds the request may take (connect, wait and the whole answer). Cancel stops it at any time.",
                 ),
                 io.Combo.Input(
                     "local_model", options=[NO_LOCAL_MODEL, *local_llm_folders()], default=NO_LOCAL_MODEL,
@@ -225,9 +225,9 @@ class MovaPromptEnhancer(io.ComfyNode):
     def execute(cls, text, backend, endpoint_url, model_name, api_key_env, timeout_s, local_model, no_subtitles,
                 on_failure, max_new_tokens, temperature, rewrite_seed, first_frame_description="",
                 fallback_prompt="") -> io.NodeOutput:
-        if backend == BACKEND_LOCAL:
-            import comfy.model_management as mm
+        import comfy.model_management as mm
 
+        if backend == BACKEND_LOCAL:
             folder = local_llm_path(local_model)
             device = mm.get_torch_device()
             mm.free_memory(_folder_bytes(folder) * 1.3, device)  # make room: evict idle models if needed
@@ -239,6 +239,7 @@ class MovaPromptEnhancer(io.ComfyNode):
                 text, chat, first_frame=first_frame_description or "", no_subtitles=no_subtitles,
                 on_failure=on_failure, fallback_prompt=fallback_prompt or "", max_new_tokens=max_new_tokens,
                 temperature=temperature, seed=rewrite_seed,
+                cancel_check=mm.throw_exception_if_processing_interrupted,  # Cancel / POST /interrupt
             )
         finally:
             if backend == BACKEND_LOCAL:
