@@ -54,14 +54,18 @@ class MovaVideoDriver(io.ComfyNode):
                 MovaConditioning.Input("conditioning", tooltip="Gives the clip size and frame count (4k+1)."),
                 io.Image.Input("frames"),
                 io.Combo.Input("mode", options=list(HOLD_MODES), default="clean", tooltip=MODE_TOOLTIP),
+                io.Float.Input("source_fps", default=0.0, min=0.0, max=1000.0, step=0.001, optional=True,
+                               tooltip="The video's frame rate (connect GetVideoComponents' fps). Frames are taken at "
+                                       "the clip's fps from it, so the video keeps its speed. 0: unknown, one video "
+                                       "frame per clip frame."),
             ],
             outputs=[MovaHeld.Output(display_name="held"), io.String.Output(display_name="notes")],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, frames, mode: str) -> io.NodeOutput:
+    def execute(cls, model, conditioning, frames, mode: str, source_fps: float = 0.0) -> io.NodeOutput:
         pipe = handle_of(model).pipeline
-        held, notes = held_video(pipe, frames, conditioning_of(conditioning), mode)
+        held, notes = held_video(pipe, frames, conditioning_of(conditioning), mode, float(source_fps or 0.0))
         return io.NodeOutput(held, f"video: {notes}")
 
 
