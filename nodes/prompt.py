@@ -19,6 +19,7 @@ from comfy_api.latest import io, ui
 from ..mova_model.prompt.backends import OpenAIChatBackend, TransformersChatBackend
 from ..mova_model.prompt.composer import compose_from_text_fields
 from ..mova_model.prompt.enhancer import ON_FAILURE_CHOICES, ON_FAILURE_ERROR, enhance_prompt
+from .combos import check_combos
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +226,7 @@ class MovaPromptEnhancer(io.ComfyNode):
     def execute(cls, text, backend, endpoint_url, model_name, api_key_env, timeout_s, local_model, no_subtitles,
                 on_failure, max_new_tokens, temperature, rewrite_seed, first_frame_description="",
                 fallback_prompt="") -> io.NodeOutput:
+        check_combos(cls, backend=backend, local_model=local_model, on_failure=on_failure)
         import comfy.model_management as mm
 
         if backend == BACKEND_LOCAL:
