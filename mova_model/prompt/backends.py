@@ -8,9 +8,10 @@ interrupt exception passes through unchanged); this package never imports the ho
 
 - :class:`OpenAIChatBackend` posts to ``<base_url>/chat/completions`` with the standard library's
   ``urllib`` (no client package needed). ``timeout_s`` bounds the whole request (connect, wait,
-  body), not one socket read, and the body may be at most ``max_response_bytes``. It works with OpenAI, vLLM, SGLang, llama.cpp's server,
-  Ollama's ``/v1``, LM Studio and the like. The API key is read from an environment variable whose
-  *name* is given, so the key itself never sits in a workflow file.
+  body), not one socket read, and the body may be at most ``max_response_bytes``. It works with
+  OpenAI, vLLM, SGLang, llama.cpp's server, Ollama's ``/v1``, LM Studio and the like. The API key
+  is read from an environment variable whose *name* is given, so the key itself never sits in a
+  workflow file.
 - :class:`TransformersChatBackend` loads a causal LM folder (``config.json``, safetensors weights,
   tokenizer files) with ``transformers`` and runs ``generate``.
 
