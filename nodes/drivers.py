@@ -6,6 +6,7 @@ from comfy_api.latest import io
 
 from ..mova_model.sampling.drivers import held_audio, held_video
 from ..mova_model.sampling.sampler import HOLD_MODES
+from .combos import check_combos
 from .types import MovaConditioning, MovaHeld, MovaModel, conditioning_of, handle_of
 
 MODE_TOOLTIP = ("clean (default): the held tower sees the clean stream at timestep 0 every step, like a finished "
@@ -32,6 +33,7 @@ class MovaAudioDriver(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, conditioning, audio, mode: str) -> io.NodeOutput:
+        check_combos(cls, mode=mode)
         pipe = handle_of(model).pipeline
         if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
             raise ValueError("audio: expected a ComfyUI AUDIO (from LoadAudio or another audio node)")
@@ -54,14 +56,19 @@ class MovaVideoDriver(io.ComfyNode):
                 MovaConditioning.Input("conditioning", tooltip="Gives the clip size and frame count (4k+1)."),
                 io.Image.Input("frames"),
                 io.Combo.Input("mode", options=list(HOLD_MODES), default="clean", tooltip=MODE_TOOLTIP),
+                io.Float.Input("source_fps", default=0.0, min=0.0, max=1000.0, step=0.001, optional=True,
+                               tooltip="The video's frame rate (connect GetVideoComponents' fps). Frames are taken at "
+                                       "the clip's fps from it, so the video keeps its speed. 0: unknown, one video "
+                                       "frame per clip frame."),
             ],
             outputs=[MovaHeld.Output(display_name="held"), io.String.Output(display_name="notes")],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, frames, mode: str) -> io.NodeOutput:
+    def execute(cls, model, conditioning, frames, mode: str, source_fps: float = 0.0) -> io.NodeOutput:
+        check_combos(cls, mode=mode)
         pipe = handle_of(model).pipeline
-        held, notes = held_video(pipe, frames, conditioning_of(conditioning), mode)
+        held, notes = held_video(pipe, frames, conditioning_of(conditioning), mode, float(source_fps or 0.0))
         return io.NodeOutput(held, f"video: {notes}")
 
 

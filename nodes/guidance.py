@@ -4,6 +4,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..mova_model.sampling.guidance import PRESETS, GuidanceConfig, required_branches
+from .combos import check_combos
 from .types import MovaGuidance
 
 SAME = -1.0
@@ -48,9 +49,8 @@ class MovaGuidanceNode(io.ComfyNode):
     @classmethod
     def execute(cls, preset: str, text_scale: float, bridge_scale: float, video_text_scale=SAME, audio_text_scale=SAME,
                 video_bridge_scale=SAME, audio_bridge_scale=SAME, a2v_strength=1.0, v2a_strength=1.0) -> io.NodeOutput:
+        check_combos(cls, preset=preset)
         if preset != CUSTOM:
-            if preset not in PRESETS:
-                raise ValueError(f"preset must be one of {', '.join(list(PRESETS) + [CUSTOM])}, got {preset!r}")
             text_scale, bridge_scale = PRESETS[preset]
         config = GuidanceConfig(
             text_scale=float(text_scale), bridge_scale=float(bridge_scale),

@@ -8,6 +8,7 @@ from comfy_api.latest import io
 
 from ..mova_model.memory.model_store import MEMORY_MODES, WEIGHT_MODES, MemoryOptions
 from ..mova_model.sampling.pipeline import MovaPipeline
+from .combos import check_combos
 from .paths import checkpoint_folders, checkpoint_path
 from .types import MovaModel, MovaModelHandle
 
@@ -101,6 +102,7 @@ class MovaLoader(io.ComfyNode):
     @classmethod
     def execute(cls, checkpoint: str, dtype: str, device: str, memory_mode: str = "auto", vram_budget_gb: float = 12.0,
                 weights: str = "as stored", prefetch_depth: int = 0) -> io.NodeOutput:
+        check_combos(cls, checkpoint=checkpoint, dtype=dtype, device=device, memory_mode=memory_mode, weights=weights)
         folder = checkpoint_path(checkpoint)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)

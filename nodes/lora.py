@@ -11,6 +11,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..mova_model.network.lora import LoraPatch, load_lora
+from .combos import check_combos
 from .types import MovaModel, handle_of
 
 LORA_EXTENSIONS = (".pt", ".pth", ".safetensors")
@@ -56,6 +57,7 @@ class MovaLoraLoader(io.ComfyNode):
     @classmethod
     def execute(cls, model, lora_name: str, strength: float, video_strength=1.0, audio_strength=1.0,
                 bridge_strength=1.0) -> io.NodeOutput:
+        check_combos(cls, lora_name=lora_name)
         handle = handle_of(model)
         path = folder_paths.get_full_path("loras", lora_name)
         if path is None:

@@ -1,20 +1,15 @@
 """MOVA Mux: IMAGE frames + AUDIO + fps -> an mp4 (H.264 + AAC, PyAV) saved atomically, and a core VIDEO."""
 from __future__ import annotations
 
+import logging
 import os
 
 import folder_paths
-import torch
 from comfy_api.latest import InputImpl, io, ui
 
-from ..mova_model.media.av_io import frames_to_uint8, write_mp4
+from ..mova_model.media.av_io import fit_audio_to_video, frames_to_uint8, safe_filename_prefix, write_mp4
 
-
-def fit_audio(waveform: torch.Tensor, samples: int) -> torch.Tensor:
-    """`[C, S]` trimmed or zero-padded to exactly `samples` so audio and video durations agree."""
-    if waveform.shape[1] >= samples:
-        return waveform[:, :samples]
-    return torch.nn.functional.pad(waveform, (0, samples - waveform.shape[1]))
+logger = logging.getLogger(__name__)
 
 
 class MovaMux(io.ComfyNode):
@@ -30,7 +25,8 @@ class MovaMux(io.ComfyNode):
                 io.Image.Input("frames", tooltip="IMAGE [F, H, W, 3] (even width and height)."),
                 io.Float.Input("fps", default=24.0, min=0.0, max=120.0, step=0.5, tooltip="Frames per second (> 0)."),
                 io.String.Input("filename_prefix", default="mova/MOVA"),
-                io.Audio.Input("audio", optional=True, tooltip="Trimmed or padded to the video's duration."),
+                io.Audio.Input("audio", optional=True, tooltip="Trimmed or padded to the video's duration (frames / fps); "
+                               "the log says so when that cuts or pads more than one frame's worth."),
             ],
             outputs=[io.Video.Output(display_name="video")],
             is_output_node=True,
@@ -50,7 +46,12 @@ class MovaMux(io.ComfyNode):
             if wave.dim() != 3 or wave.shape[0] < 1:
                 raise ValueError(f"audio: expected waveform [batch, channels, samples], got {list(wave.shape)}")
             rate = int(audio["sample_rate"])
-            waveform = fit_audio(wave[0].float(), int(round(rate * count / fps)))
+            waveform, note = fit_audio_to_video(wave[0].float(), rate, count, fps)
+            if note:
+                logger.warning("MOVA Mux: %s", note)
+        filename_prefix, note = safe_filename_prefix(filename_prefix)
+        if note:
+            logger.warning("MOVA Mux: %s", note)
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), width, height)
         file = f"{name}_{counter:05}_.mp4"

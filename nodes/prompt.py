@@ -19,6 +19,7 @@ from comfy_api.latest import io, ui
 from ..mova_model.prompt.backends import OpenAIChatBackend, TransformersChatBackend
 from ..mova_model.prompt.composer import compose_from_text_fields
 from ..mova_model.prompt.enhancer import ON_FAILURE_CHOICES, ON_FAILURE_ERROR, enhance_prompt
+from .combos import check_combos
 
 logger = logging.getLogger(__name__)
 
@@ -182,7 +183,7 @@ class MovaPromptEnhancer(io.ComfyNode):
                 ),
                 io.Int.Input(
                     "timeout_s", default=120, min=1, max=3600,
-                    tooltip="Seconds to wait for the server's answer.",
+                    tooltip="Total seconds the request may take (connect, wait and the whole answer). Cancel stops it at any time.",
                 ),
                 io.Combo.Input(
                     "local_model", options=[NO_LOCAL_MODEL, *local_llm_folders()], default=NO_LOCAL_MODEL,
@@ -225,9 +226,10 @@ class MovaPromptEnhancer(io.ComfyNode):
     def execute(cls, text, backend, endpoint_url, model_name, api_key_env, timeout_s, local_model, no_subtitles,
                 on_failure, max_new_tokens, temperature, rewrite_seed, first_frame_description="",
                 fallback_prompt="") -> io.NodeOutput:
-        if backend == BACKEND_LOCAL:
-            import comfy.model_management as mm
+        check_combos(cls, backend=backend, local_model=local_model, on_failure=on_failure)
+        import comfy.model_management as mm
 
+        if backend == BACKEND_LOCAL:
             folder = local_llm_path(local_model)
             device = mm.get_torch_device()
             mm.free_memory(_folder_bytes(folder) * 1.3, device)  # make room: evict idle models if needed
@@ -239,6 +241,7 @@ class MovaPromptEnhancer(io.ComfyNode):
                 text, chat, first_frame=first_frame_description or "", no_subtitles=no_subtitles,
                 on_failure=on_failure, fallback_prompt=fallback_prompt or "", max_new_tokens=max_new_tokens,
                 temperature=temperature, seed=rewrite_seed,
+                cancel_check=mm.throw_exception_if_processing_interrupted,  # Cancel / POST /interrupt
             )
         finally:
             if backend == BACKEND_LOCAL:

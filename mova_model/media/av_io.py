@@ -1,7 +1,14 @@
 """Audio/video file IO with PyAV (no ffmpeg subprocess, no torchaudio).
 
 - `write_mp4`: H.264 video + AAC audio into one mp4, written under a temporary name in the target folder and
-  renamed into place only when complete, so a failed or interrupted write never leaves a partial file.
+  renamed into place only when complete, so a failed or interrupted write never leaves a partial file. A
+  process killed mid-write (SIGTERM, power loss) cannot clean up after itself: its temporary file names its
+  process id, and the next write into that folder removes such files once that process is gone.
+  Finished files get the mode a plain `open()` would give (0666 minus the umask, 0644 usually), like
+  ComfyUI's own outputs.
+- `fit_audio_to_video`: trim or pad audio to the video's duration, saying when that drops or adds more than a
+  frame's worth (a wrong fps).
+- `safe_filename_prefix`: an output prefix that names a visible file.
 - `resample_audio`: any sample rate / channel count to the rate and channel layout the DAC expects.
 - `probe_media`: stream facts of a written file (for tests and logs).
 """
@@ -10,7 +17,9 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
+import re
+import secrets
+import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -21,6 +30,12 @@ import numpy as np
 import torch
 
 logger = logging.getLogger(__name__)
+
+PARTIAL_SUFFIX = ".partial.mp4"
+_PARTIAL_RE = re.compile(r"^\..*\.mova-(\d+)-[0-9a-f]+" + re.escape(PARTIAL_SUFFIX) + "$")
+STALE_PARTIAL_AGE_S = 3600.0
+"""A partial file of a process that still runs is stale after this long without a write (its pid was reused)."""
+DEFAULT_FILENAME_PREFIX = "MOVA"
 
 AAC_SAMPLE_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
 
@@ -72,6 +87,94 @@ def resample_audio(waveform: torch.Tensor, sample_rate: int, target_rate: int, t
     return torch.from_numpy(out.astype(np.float32))
 
 
+def _process_alive(pid: int) -> bool:
+    """True when process ``pid`` exists (or cannot be told on this OS)."""
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process on Windows: rely on the file's age
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists but belongs to someone else
+        return True
+    return True
+
+
+def remove_stale_partials(folder: Path | str) -> list[Path]:
+    """Delete the temporary mp4s that `write_mp4` left in ``folder`` when its process was killed mid-write.
+
+    Only files named by `write_mp4` (``.<stem>.mova-<pid>-<hex>.partial.mp4``) are touched, never one of this
+    process, and one of another live process only after :data:`STALE_PARTIAL_AGE_S` without a write.
+    Returns the removed paths.
+    """
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except FileNotFoundError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        match = _PARTIAL_RE.match(entry.name)
+        if not match or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid():
+            continue
+        try:
+            idle = now - entry.stat(follow_symlinks=False).st_mtime
+            if _process_alive(pid) and idle < STALE_PARTIAL_AGE_S:
+                continue
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            continue
+        removed.append(Path(entry.path))
+        logger.warning("removed %s: an unfinished mp4 left by an interrupted write (process %d)", entry.path, pid)
+    return removed
+
+
+def _create_partial(path: Path) -> Path:
+    """Create the empty temporary file for ``path``; mode 0666 minus the umask, like a plain ``open()``."""
+    while True:
+        temp = path.with_name(f".{path.stem}.mova-{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+        try:
+            os.close(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return temp
+        except FileExistsError:
+            continue
+
+
+def safe_filename_prefix(prefix: str, default: str = DEFAULT_FILENAME_PREFIX) -> tuple[str, Optional[str]]:
+    """(prefix to use, note or None): an empty prefix, or one whose file part is empty, ``.`` or starts with a dot
+    (which would write a hidden ``._00001_.mp4``), gets ``default`` as its file part; folders are kept."""
+    text = (prefix or "").strip()
+    folder, name = os.path.split(text)
+    if name in ("", ".", ".."):
+        folder, name = (text if name == "" else folder), default
+    elif name.startswith("."):
+        name = name.lstrip(".") or default
+    else:
+        return text, None
+    fixed = f"{folder.rstrip('/')}/{name}" if folder else name
+    return fixed, f"filename_prefix {prefix!r} would name a hidden file; saving as {fixed!r}"
+
+
+def fit_audio_to_video(waveform: torch.Tensor, sample_rate: int, frames: int, fps: float) -> tuple[torch.Tensor, Optional[str]]:
+    """`[C, S]` trimmed or zero-padded to the duration of ``frames`` at ``fps`` (``round(rate · frames / fps)``
+    samples). Returns the audio and a note when more than one frame's worth was cut or added, naming the fps
+    that would fit the audio (a Mux fps that differs from the clip's cuts or pads the sound)."""
+    wanted = int(round(sample_rate * frames / fps))
+    have = waveform.shape[1]
+    fitted = waveform[:, :wanted] if have >= wanted else torch.nn.functional.pad(waveform, (0, wanted - have))
+    if abs(have - wanted) <= sample_rate / fps:
+        return fitted, None
+    audio_s, video_s = have / sample_rate, wanted / sample_rate
+    fitting_fps = frames * sample_rate / have
+    action = f"cut to {video_s:.3f} s" if have > wanted else f"padded with {video_s - audio_s:.3f} s of silence"
+    return fitted, (f"the audio lasts {audio_s:.3f} s but {frames} frames at {fps:g} fps last {video_s:.3f} s, so the "
+                    f"audio was {action}; if this is a MOVA clip, set fps to the clip's fps "
+                    f"({frames} frames / {audio_s:.3f} s = {fitting_fps:.3g} fps)")
+
+
 def write_mp4(path: Path | str, frames_uint8: np.ndarray, fps: float, audio: Optional[torch.Tensor] = None,
               sample_rate: Optional[int] = None, crf: int = 18) -> Path:
     """Write an mp4 (H.264 yuv420p + AAC) atomically and return its path.
@@ -99,8 +202,8 @@ def write_mp4(path: Path | str, frames_uint8: np.ndarray, fps: float, audio: Opt
         if sample_rate not in AAC_SAMPLE_RATES:
             audio, sample_rate = resample_audio(audio, sample_rate, 48000, audio.shape[0]), 48000
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial.mp4", dir=str(path.parent))
-    os.close(handle)
+    remove_stale_partials(path.parent)
+    temp_name = str(_create_partial(path))
     try:
         with av.open(temp_name, mode="w", format="mp4") as container:
             rate = _fraction(fps)

@@ -172,6 +172,22 @@ class TextEncoder:
         )
         return batch.input_ids, batch.attention_mask
 
+    def truncation_notes(self, prompts: Sequence[str], names: Sequence[str], max_length: int = MAX_SEQUENCE_LENGTH
+                         ) -> List[str]:
+        """One sentence per prompt longer than `max_length` tokens (the official tokenizer cuts it silently):
+        its token count and where the ignored part begins. `names` label the prompts in the sentences."""
+        notes = []
+        for prompt, name in zip(prompts, names):
+            ids = self.tokenizer(prompt_clean(prompt), add_special_tokens=True, truncation=False,
+                                 verbose=False)["input_ids"]  # the cleaned prompt's tokens and `</s>`
+            if len(ids) <= max_length:
+                continue
+            cut = self.tokenizer.decode(ids[max_length - 1 : max_length + 11], skip_special_tokens=True).strip()
+            notes.append(f"the {name} is {len(ids)} tokens but the UMT5 text encoder reads only the first {max_length} "
+                         f"(the official limit): everything from \"{cut} …\" on ({len(ids) - max_length} tokens) is "
+                         "ignored. Shorten it; MOVA's captions are about 250 words.")
+        return notes
+
     def _device(self) -> torch.device:
         shared = getattr(self.module, "shared", None)
         if shared is not None and shared.weight.device.type != "meta":
@@ -180,14 +196,18 @@ class TextEncoder:
 
     @torch.no_grad()
     def encode(self, prompts: Union[str, List[str]], max_length: int = MAX_SEQUENCE_LENGTH,
-               device: Optional[torch.device] = None) -> TextEncoding:
+               device: Optional[torch.device] = None, names: Optional[Sequence[str]] = None) -> TextEncoding:
         """Encode prompts to `[B, max_length, d_model]` embeddings with padded rows set to exactly zero.
 
         The dtype of the embeddings is what the encoder computes in (the dtype of its embedding table and
-        norms); `device` defaults to where the embedding table lives.
+        norms); `device` defaults to where the embedding table lives. A prompt cut at `max_length` is logged
+        as a warning (`truncation_notes`, labelled by `names`, default "prompt 1", "prompt 2", ...).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
+        names = list(names) if names is not None else [f"prompt {i + 1}" for i in range(len(prompts))]
+        for note in self.truncation_notes(prompts, names, max_length):
+            logger.warning("%s", note)
         input_ids, attention_mask = self.tokenize(prompts, max_length)
         seq_lens = attention_mask.gt(0).sum(dim=1).long()
         device = device or self._device()

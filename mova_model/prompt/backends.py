@@ -1,13 +1,17 @@
 """Chat backends for the prompt enhancer: an OpenAI-compatible HTTP endpoint, or a local causal LM.
 
-Both expose ``chat(messages, *, max_new_tokens, temperature, seed) -> str`` where ``messages`` is
-the usual list of ``{"role": ..., "content": ...}`` dicts. Both raise :class:`BackendError`
-(a ``RuntimeError``) with a sentence saying what went wrong and what to do.
+Both expose ``chat(messages, *, max_new_tokens, temperature, seed, cancel_check) -> str`` where
+``messages`` is the usual list of ``{"role": ..., "content": ...}`` dicts. Both raise
+:class:`BackendError` (a ``RuntimeError``) with a sentence saying what went wrong and what to do,
+and stop when ``cancel_check()`` returns True (:class:`RequestCancelled`) or raises (the host's own
+interrupt exception passes through unchanged); this package never imports the host.
 
 - :class:`OpenAIChatBackend` posts to ``<base_url>/chat/completions`` with the standard library's
-  ``urllib`` (no client package needed). It works with OpenAI, vLLM, SGLang, llama.cpp's server,
-  Ollama's ``/v1``, LM Studio and the like. The API key is read from an environment variable whose
-  *name* is given, so the key itself never sits in a workflow file.
+  ``urllib`` (no client package needed). ``timeout_s`` bounds the whole request (connect, wait,
+  body), not one socket read, and the body may be at most ``max_response_bytes``. It works with
+  OpenAI, vLLM, SGLang, llama.cpp's server, Ollama's ``/v1``, LM Studio and the like. The API key
+  is read from an environment variable whose *name* is given, so the key itself never sits in a
+  workflow file.
 - :class:`TransformersChatBackend` loads a causal LM folder (``config.json``, safetensors weights,
   tokenizer files) with ``transformers`` and runs ``generate``.
 
@@ -21,14 +25,23 @@ import json
 import logging
 import os
 import socket
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Protocol
+from typing import Callable, Protocol
 
 logger = logging.getLogger(__name__)
 
 Messages = list[dict[str, str]]
+CancelCheck = Callable[[], "bool | None"]
+"""Called often while a backend works: return True to cancel, or raise the host's own interrupt."""
+
+MAX_RESPONSE_BYTES = 2 * 1024 * 1024
+"""Largest chat-completion body read; an answer of 4096 tokens is well under 100 kB of JSON."""
+CANCEL_POLL_S = 0.1
+"""How often (seconds) a waiting request checks the deadline and ``cancel_check``."""
 
 
 class BackendError(RuntimeError):
@@ -39,11 +52,28 @@ class BackendConfigError(ValueError):
     """A backend setting is unusable (bad URL, missing model folder, ...)."""
 
 
+class RequestCancelled(RuntimeError):
+    """The caller's ``cancel_check`` asked to stop (e.g. ComfyUI's Cancel); not a backend failure."""
+
+
 class ChatBackend(Protocol):
     """What the enhancer needs from a backend."""
 
-    def chat(self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.7, seed: int = 0) -> str:
+    def chat(self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.7, seed: int = 0,
+             cancel_check: CancelCheck | None = None) -> str:
         ...
+
+
+def raise_if_cancelled(cancel_check: CancelCheck | None, waiting_for: str) -> None:
+    """Call ``cancel_check``; raise :class:`RequestCancelled` when it returns True (its own exception passes)."""
+    if cancel_check is not None and cancel_check():
+        raise RequestCancelled(f"The prompt rewrite was cancelled while waiting for {waiting_for}.")
+
+
+def format_bytes(n: int) -> str:
+    """``2097152`` -> ``"2 MiB"``; sizes that are not whole MiB in bytes."""
+    mib = 1024 * 1024
+    return f"{n // mib} MiB" if n >= mib and n % mib == 0 else f"{n} bytes"
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,6 +100,112 @@ def chat_completions_url(base_url: str) -> str:
     return url + "/chat/completions"
 
 
+class _ResponseTooLarge(Exception):
+    def __init__(self, declared: int | None):
+        super().__init__(declared)
+        self.declared = declared
+
+
+class _TrackingHandlerMixin:
+    """Records every connection urllib opens so another thread can shut its socket down."""
+
+    def __init__(self, exchange: "_HttpExchange", **kwargs):
+        super().__init__(**kwargs)
+        self._exchange = exchange
+
+    def do_open(self, http_class, req, **http_conn_args):
+        exchange = self._exchange
+
+        def tracked(*args, **kwargs):
+            connection = http_class(*args, **kwargs)
+            plain_connect = connection.connect
+
+            def connect():
+                plain_connect()
+                if exchange.aborted.is_set():  # given up while connecting: do not send the request
+                    raise ConnectionAbortedError("the request was abandoned")
+
+            connection.connect = connect
+            exchange.connections.append(connection)
+            return connection
+
+        return super().do_open(tracked, req, **http_conn_args)
+
+
+class _TrackingHTTPHandler(_TrackingHandlerMixin, urllib.request.HTTPHandler):
+    pass
+
+
+class _TrackingHTTPSHandler(_TrackingHandlerMixin, urllib.request.HTTPSHandler):
+    pass
+
+
+class _HttpExchange:
+    """One HTTP request on a daemon worker thread, so the caller can stop waiting at any moment.
+
+    The worker reads the body in pieces up to ``max_bytes``. :meth:`abort` shuts the socket down,
+    which wakes a worker blocked in a read; a worker still connecting stops at ``read_timeout_s``
+    at the latest and sends nothing.
+    """
+
+    def __init__(self, request: urllib.request.Request, read_timeout_s: float, max_bytes: int):
+        self.request = request
+        self.read_timeout_s = read_timeout_s
+        self.max_bytes = max_bytes
+        self.connections: list[http.client.HTTPConnection] = []
+        self.aborted = threading.Event()
+        self.done = threading.Event()
+        self.headers_received = False
+        self.bytes_received = 0
+        self.body: bytes | None = None
+        self.error: BaseException | None = None
+        self.error_detail = ""
+        self._thread = threading.Thread(target=self._run, name="mova-chat-request", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        opener = urllib.request.build_opener(_TrackingHTTPHandler(self), _TrackingHTTPSHandler(self))
+        try:
+            with opener.open(self.request, timeout=self.read_timeout_s) as response:
+                self.headers_received = True
+                declared = response.headers.get("Content-Length", "")
+                if declared.strip().isdigit() and int(declared) > self.max_bytes:
+                    raise _ResponseTooLarge(int(declared))
+                chunks = []
+                while not self.aborted.is_set():
+                    chunk = response.read1(64 * 1024)
+                    if not chunk:
+                        break
+                    self.bytes_received += len(chunk)
+                    if self.bytes_received > self.max_bytes:
+                        raise _ResponseTooLarge(None)
+                    chunks.append(chunk)
+                self.body = b"".join(chunks)
+        except urllib.error.HTTPError as err:
+            try:  # the error text, bounded like any body
+                self.error_detail = err.read(4096).decode("utf-8", "replace").strip()[:300]
+            except Exception:  # noqa: BLE001 - the status code alone is still useful
+                self.error_detail = ""
+            self.error = err
+        except BaseException as err:  # noqa: BLE001 - handed to the waiting thread
+            self.error = err
+        finally:
+            self.done.set()
+
+    def abort(self) -> None:
+        """Stop the worker: no request is sent after this, a blocked read returns at once."""
+        self.aborted.set()
+        for connection in list(self.connections):
+            sock = connection.sock
+            if sock is not None:
+                try:  # the plain-socket shutdown also works under TLS and wakes the reader
+                    socket.socket.shutdown(sock, socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
 class OpenAIChatBackend:
     """Chat through any OpenAI-compatible ``/chat/completions`` endpoint (stdlib ``urllib`` only).
 
@@ -78,10 +214,12 @@ class OpenAIChatBackend:
         model: the model name the server expects (required by most servers).
         api_key_env: NAME of the environment variable holding the key; empty or unset means no
             ``Authorization`` header (fine for local servers).
-        timeout_s: seconds to wait for connect and for the answer.
+        timeout_s: total seconds for the request: connect, the server's thinking and the whole body.
+        max_response_bytes: largest body read (default :data:`MAX_RESPONSE_BYTES`); more is an error.
     """
 
-    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0):
+    def __init__(self, base_url: str, model: str, api_key_env: str = "OPENAI_API_KEY", timeout_s: float = 120.0,
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):
         self.url = chat_completions_url(base_url)
         self.model = (model or "").strip()
         self.api_key_env = (api_key_env or "").strip()
@@ -93,6 +231,9 @@ class OpenAIChatBackend:
         if timeout_s <= 0:
             raise BackendConfigError(f"timeout must be positive seconds, got {timeout_s}.")
         self.timeout_s = float(timeout_s)
+        if max_response_bytes <= 0:
+            raise BackendConfigError(f"max_response_bytes must be positive, got {max_response_bytes}.")
+        self.max_response_bytes = int(max_response_bytes)
 
     def _headers(self) -> dict[str, str]:
         headers = {"Content-Type": "application/json", "Accept": "application/json"}
@@ -109,8 +250,13 @@ class OpenAIChatBackend:
         state = "is set" if os.environ.get(self.api_key_env) else "is NOT set in ComfyUI's environment"
         return f"check the key in environment variable {self.api_key_env} (it {state}; restart ComfyUI after setting it)"
 
-    def chat(self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.7, seed: int = 0) -> str:
-        """POST the messages and return ``choices[0].message.content`` (stripped)."""
+    def chat(self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.7, seed: int = 0,
+             cancel_check: CancelCheck | None = None) -> str:
+        """POST the messages and return ``choices[0].message.content`` (stripped).
+
+        The whole exchange ends within ``timeout_s``; ``cancel_check`` is called every
+        :data:`CANCEL_POLL_S` seconds while waiting (see :class:`RequestCancelled`).
+        """
         payload = {
             "model": self.model,
             "messages": messages,
@@ -122,24 +268,60 @@ class OpenAIChatBackend:
         request = urllib.request.Request(
             self.url, data=json.dumps(payload).encode("utf-8"), headers=self._headers(), method="POST"
         )
+        raise_if_cancelled(cancel_check, f"the chat endpoint {self.url}")
+        exchange = _HttpExchange(request, self.timeout_s, self.max_response_bytes)
+        deadline = time.monotonic() + self.timeout_s
+        exchange.start()
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
-                body = response.read()
-        except urllib.error.HTTPError as err:
-            raise BackendError(self._http_error_text(err)) from err
-        except urllib.error.URLError as err:
+            while not exchange.done.wait(max(0.0, min(CANCEL_POLL_S, deadline - time.monotonic()))):
+                raise_if_cancelled(cancel_check, f"the chat endpoint {self.url}")
+                if time.monotonic() >= deadline:
+                    raise BackendError(self._deadline_text(exchange))
+        finally:
+            if not exchange.done.is_set():
+                exchange.abort()
+        err = exchange.error
+        if err is None:
+            return self._parse(exchange.body or b"")
+        if isinstance(err, _ResponseTooLarge):
+            raise BackendError(self._too_large_text(err.declared)) from None
+        if isinstance(err, urllib.error.HTTPError):
+            raise BackendError(self._http_error_text(err, exchange.error_detail)) from err
+        if isinstance(err, urllib.error.URLError):
             raise BackendError(self._connection_error_text(err.reason)) from err
-        except (TimeoutError, socket.timeout) as err:
+        if isinstance(err, (TimeoutError, socket.timeout)):
+            raise BackendError(self._deadline_text(exchange)) from err
+        if isinstance(err, (OSError, http.client.HTTPException)):
             raise BackendError(self._connection_error_text(err)) from err
-        except (OSError, http.client.HTTPException) as err:
-            raise BackendError(self._connection_error_text(err)) from err
-        return self._parse(body)
+        raise err
+
+    def _deadline_text(self, exchange: _HttpExchange) -> str:
+        limit = f"{self.timeout_s:g} s (timeout_s, the total time limit for the request)"
+        if exchange.headers_received:
+            return (
+                f"The chat endpoint {self.url} did not finish answering within {limit}: only "
+                f"{exchange.bytes_received} bytes of the answer had arrived, so the server or the network is "
+                "very slow. Raise the timeout, use a smaller/faster model, or check the connection."
+            )
+        return (
+            f"The chat endpoint {self.url} did not answer within {limit}. "
+            "Raise the timeout, use a smaller/faster model, or check that the server is not overloaded."
+        )
+
+    def _too_large_text(self, declared: int | None) -> str:
+        size = f"{declared} bytes" if declared is not None else "it kept sending"
+        return (
+            f"The chat endpoint {self.url} sent an answer larger than the {format_bytes(self.max_response_bytes)} "
+            f"limit ({size}); a rewritten prompt is a few kilobytes. Check that the URL is an OpenAI-compatible "
+            "chat API and that max_new_tokens is sensible."
+        )
 
     def _connection_error_text(self, reason: object) -> str:
         if isinstance(reason, (TimeoutError, socket.timeout)) or "timed out" in str(reason):
             return (
-                f"The chat endpoint {self.url} did not answer within {self.timeout_s:g} s. "
-                "Raise the timeout, use a smaller/faster model, or check that the server is not overloaded."
+                f"The chat endpoint {self.url} did not answer within {self.timeout_s:g} s (timeout_s, the total "
+                "time limit for the request). Raise the timeout, use a smaller/faster model, or check that the "
+                "server is not overloaded."
             )
         if isinstance(reason, ConnectionRefusedError) or "refused" in str(reason).lower():
             return (
@@ -151,11 +333,7 @@ class OpenAIChatBackend:
             return f"Could not resolve the host {host!r} of the chat endpoint {self.url}; check the URL and your network."
         return f"Could not reach the chat endpoint {self.url}: {reason}. Check the URL and that the server is running."
 
-    def _http_error_text(self, err: urllib.error.HTTPError) -> str:
-        try:
-            detail = err.read().decode("utf-8", "replace").strip()[:300]
-        except Exception:  # noqa: BLE001 - the status code alone is still useful
-            detail = ""
+    def _http_error_text(self, err: urllib.error.HTTPError, detail: str) -> str:
         text = f"The chat endpoint {self.url} answered HTTP {err.code}"
         text += f": {detail}" if detail else "."
         if err.code in (401, 403):
@@ -297,9 +475,23 @@ class TransformersChatBackend:
         """Drop the model so its memory can be reclaimed."""
         self._loaded = None
 
-    def chat(self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.7, seed: int = 0) -> str:
-        """Render ``messages``, generate up to ``max_new_tokens`` tokens, return the new text only."""
+    def chat(self, messages: Messages, *, max_new_tokens: int = 512, temperature: float = 0.7, seed: int = 0,
+             cancel_check: CancelCheck | None = None) -> str:
+        """Render ``messages``, generate up to ``max_new_tokens`` tokens, return the new text only.
+
+        ``cancel_check`` is called before loading and after every generated token.
+        """
         import torch
+        from transformers import StoppingCriteria, StoppingCriteriaList
+
+        waiting_for = f"the local model in {self.folder}"
+
+        class _Cancel(StoppingCriteria):
+            def __call__(self, input_ids, scores, **kwargs) -> bool:
+                raise_if_cancelled(cancel_check, waiting_for)
+                return False
+
+        raise_if_cancelled(cancel_check, waiting_for)
 
         tokenizer, model, device = self.load()
         try:
@@ -310,6 +502,8 @@ class TransformersChatBackend:
             pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
             sampling = temperature > 0
             kwargs = dict(max_new_tokens=int(max_new_tokens), do_sample=sampling, pad_token_id=pad_id)
+            if cancel_check is not None:
+                kwargs["stopping_criteria"] = StoppingCriteriaList([_Cancel()])
             if sampling:
                 kwargs["temperature"] = float(temperature)
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):

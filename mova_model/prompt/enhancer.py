@@ -13,7 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 
-from .backends import BackendError, ChatBackend
+from .backends import BackendError, CancelCheck, ChatBackend
 from .rules import NO_SUBTITLES_LINE, build_messages
 from .validator import ValidationReport, split_paragraphs, validate_caption
 
@@ -96,6 +96,7 @@ def enhance_prompt(
     max_new_tokens: int = 512,
     temperature: float = 0.7,
     seed: int = 0,
+    cancel_check: CancelCheck | None = None,
 ) -> EnhanceResult:
     """Rewrite ``user_text`` with ``backend`` and validate the result.
 
@@ -108,6 +109,8 @@ def enhance_prompt(
             :class:`BackendError`); ``"fallback"`` returns ``fallback_prompt``; ``"keep"`` returns
             the rewrite with the problems listed in the report.
         fallback_prompt: the prompt used with ``on_failure="fallback"`` (required then).
+        cancel_check: handed to ``backend.chat``; a cancel (:class:`~.backends.RequestCancelled` or the
+            check's own exception) always propagates, whatever ``on_failure`` says.
 
     Raises ``ValueError`` for an empty text or an unknown/unsatisfiable ``on_failure`` before
     calling the backend.
@@ -121,7 +124,8 @@ def enhance_prompt(
         )
     messages = build_messages(user_text, first_frame)
     try:
-        raw = backend.chat(messages, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+        raw = backend.chat(messages, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
+                           cancel_check=cancel_check)
     except BackendError as err:
         if on_failure != ON_FAILURE_FALLBACK:
             raise

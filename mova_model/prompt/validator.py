@@ -8,7 +8,10 @@ Composer's output). Fatal problems (``errors``) make the enhancer fail or fall b
 - the rewrite quotes text that appears nowhere in the input (an invented line would be spoken);
 - there is no final audio paragraph (starting "The audio …"), it is not the last paragraph, or it
   is the only paragraph;
-- the rewrite is empty.
+- the rewrite is empty, or far longer than both the input and a MOVA caption need (more than
+  ``max(3 x word_limit, 2 x the input's words)`` words, or 16 characters per allowed word): the
+  text encoder reads 512 tokens, so such a rewrite is a rambling model, not a prompt. This check
+  runs first and alone, so a huge answer is refused at once.
 
 Soft problems (``warnings``) are reported but do not fail: more words than the soft limit, words
 that suggest nothing moves. Comparisons ignore differences in whitespace only (a model may re-wrap
@@ -27,6 +30,12 @@ QUOTE_PAIRS = {'"': '"', "\u201c": "\u201d", "\u300c": "\u300d", "\u300e": "\u30
 _QUOTE_RE = re.compile(r'"([^"]*)"|\u201c([^\u201d]*)\u201d|\u300c([^\u300d]*)\u300d|\u300e([^\u300f]*)\u300f')
 _AUDIO_RE = re.compile(r"^the\s+audio\b", re.IGNORECASE)
 _CJK_RE = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+LENGTH_FACTOR_OVER_LIMIT = 3
+"""A rewrite may have up to this many times the caption word limit ..."""
+LENGTH_FACTOR_OVER_INPUT = 2
+"""... or this many times the words of the input (a long input with many quoted lines)."""
+CHARS_PER_WORD_LIMIT = 16
+"""Characters allowed per allowed word (catches one giant "word" without spaces)."""
 _STATIC_WORDS = ("static", "stationary", "motionless", "frozen", "freezes", "unmoving")
 
 
@@ -156,6 +165,17 @@ def validate_caption(
     report = ValidationReport(word_count=count_words(caption or ""))
     if not (caption or "").strip():
         report.errors.append("the rewrite is empty.")
+        return report
+    input_words = count_words(source_text or "") + count_words(first_frame or "")
+    max_words = max(LENGTH_FACTOR_OVER_LIMIT * word_limit, LENGTH_FACTOR_OVER_INPUT * input_words)
+    max_chars = CHARS_PER_WORD_LIMIT * max_words
+    if report.word_count > max_words or len(caption) > max_chars:
+        report.errors.append(
+            f"the rewrite is {report.word_count} words ({len(caption)} characters), far longer than the input "
+            f"({input_words} words) or a MOVA caption (~{word_limit} words) needs (limit {max_words} words, "
+            f"{max_chars} characters); the text encoder reads only the first 512 tokens. Ask for a shorter "
+            "rewrite or use a model that follows the length rule."
+        )
         return report
     _check_quotes(caption, source_text or "", first_frame or "", report)
     _check_audio_paragraph(caption, report)

@@ -8,7 +8,9 @@ show it. `held_audio` / `held_video` then encode with the pipeline's VAEs and wr
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import List
 
 import numpy as np
@@ -67,26 +69,68 @@ def prepare_driving_audio(waveform: torch.Tensor, sample_rate: int, conditioning
     return Prepared(mono.reshape(1, 1, -1).clamp(-1, 1), notes)
 
 
-def prepare_driving_video(frames: torch.Tensor, conditioning: Conditioning) -> Prepared:
+def source_frame_indices(count: int, clip_fps: float, source_fps: float) -> List[int]:
+    """Source frame shown at each clip frame's time `i / clip_fps`: the nearest one at `source_fps`
+    (`floor(i · source_fps / clip_fps + 1/2)`), for `count` clip frames. Like a video player's frame-rate
+    conversion, frames are repeated (source slower) or skipped (source faster); none are blended."""
+    step = _frame_step(clip_fps, source_fps)
+    return [math.floor(i * step + Fraction(1, 2)) for i in range(count)]
+
+
+def _frame_step(clip_fps: float, source_fps: float) -> Fraction:
+    return Fraction(source_fps).limit_denominator(1001) / Fraction(clip_fps).limit_denominator(1001)
+
+
+def _usable_frames(count: int, clip_fps: float, source_fps: float) -> int:
+    """Largest 4k+1 clip length whose frames all exist among `count` source frames: the last clip frame
+    `n - 1` needs `(n - 1) · step + 1/2 < count`."""
+    last = math.ceil((count - Fraction(1, 2)) / _frame_step(clip_fps, source_fps)) - 1
+    return last // 4 * 4 + 1
+
+
+def prepare_driving_video(frames: torch.Tensor, conditioning: Conditioning, source_fps: float = 0.0) -> Prepared:
     """ComfyUI IMAGE `[F, H, W, 3]` 0..1 -> `[1, 3, F', H', W']` in [-1, 1] at the clip's size and frame count.
 
-    Frames beyond the clip's count are dropped; a clip shorter than needed is an error (V2A needs every frame).
-    Each frame is center-cropped and resized like the first frame (official `crop_and_resize`).
+    `source_fps`: the video's frame rate (0: unknown, frames are then taken one per clip frame). When it differs
+    from the clip's fps the frames are taken at the clip's times (`source_frame_indices`), so the held video
+    keeps its real speed; frames beyond the clip's duration are dropped. A video shorter than the clip is an
+    error (V2A needs every frame). Each frame is center-cropped and resized like the first frame (official
+    `crop_and_resize`). The notes say what was done.
     """
     if frames.dim() != 4 or frames.shape[-1] not in (3, 4):
         raise InputError(f"frames: expected a ComfyUI IMAGE batch [frames, height, width, 3], got {list(frames.shape)}")
+    if not (source_fps >= 0 and math.isfinite(source_fps)):
+        raise InputError(f"source_fps must be 0 (unknown) or the video's frames per second, got {source_fps}")
     count = frames.shape[0]
     wanted = conditioning.num_frames
+    clip_fps = conditioning.video_fps
     notes = []
     if count == 0:
         raise InputError(f"frames: the clip needs {wanted} frames (4k+1) but 0 were given")
-    if count < wanted:
-        usable = (count - 1) // 4 * 4 + 1
-        raise InputError(f"frames: the clip needs {wanted} frames (4k+1) but {count} were given; set the conditioner's "
-                         f"frames to {usable} or fewer, or give a longer video")
-    if count > wanted:
-        notes.append(f"used the first {wanted} of {count} frames (the clip length is 4k+1 = {wanted})")
-    images = (frames[:wanted, :, :, :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    same_rate = source_fps == 0 or abs(source_fps - clip_fps) <= 1e-6 * clip_fps
+    if same_rate:
+        if count < wanted:
+            usable = (count - 1) // 4 * 4 + 1
+            raise InputError(f"frames: the clip needs {wanted} frames (4k+1) but {count} were given; set the "
+                             f"conditioner's frames to {usable} or fewer, or give a longer video")
+        if count > wanted:
+            notes.append(f"used the first {wanted} of {count} frames (the clip length is 4k+1 = {wanted})")
+        if source_fps == 0:
+            notes.append(f"source_fps not given: one video frame per clip frame, as if the video were at the clip's "
+                         f"{clip_fps:g} fps (connect the video's fps to source_fps if it has another rate)")
+        indices = list(range(wanted))
+    else:
+        indices = source_frame_indices(wanted, clip_fps, source_fps)
+        if indices[-1] >= count:
+            usable = _usable_frames(count, clip_fps, source_fps)
+            raise InputError(
+                f"frames: the clip is {wanted} frames at {clip_fps:g} fps ({wanted / clip_fps:.2f} s) but the video "
+                f"has {count} frames at {source_fps:g} fps ({count / source_fps:.2f} s); set the conditioner's "
+                f"frames to {usable} or fewer, or give a longer video")
+        notes.append(f"took {wanted} frames at the clip's {clip_fps:g} fps from the {source_fps:g} fps video (nearest "
+                     f"frame at each clip time, source frames {indices[0]}..{indices[-1]}), covering "
+                     f"{wanted / clip_fps:.2f} s of its {count / source_fps:.2f} s")
+    images = (frames[indices, :, :, :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
     h, w = conditioning.height, conditioning.width
     if images.shape[1:3] != (h, w):
         notes.append(f"center-cropped and resized {images.shape[2]}x{images.shape[1]} -> {w}x{h}")
@@ -111,8 +155,10 @@ def held_audio(pipeline: MovaPipeline, waveform: torch.Tensor, sample_rate: int,
     return HeldStream("audio", latents, _check_mode(mode)), prepared.message
 
 
-def held_video(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Conditioning, mode: str = "clean") -> tuple:
-    """(HeldStream of normalized Wan VAE latents `[1, z, T', H/8, W/8]`, notes) for V2A."""
-    prepared = prepare_driving_video(frames, conditioning)
+def held_video(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Conditioning, mode: str = "clean",
+               source_fps: float = 0.0) -> tuple:
+    """(HeldStream of normalized Wan VAE latents `[1, z, T', H/8, W/8]`, notes) for V2A; `source_fps` as in
+    `prepare_driving_video`."""
+    prepared = prepare_driving_video(frames, conditioning, source_fps)
     latents = pipeline.encode_video(prepared.tensor)
     return HeldStream("video", latents, _check_mode(mode)), prepared.message

@@ -32,7 +32,7 @@ from ..network.lora import LoraPatch, LoraPatchSet
 from ..memory.model_store import ComponentCache, MemoryOptions, SamplingModels
 from .sampler import HeldStream, SamplingInputs, SamplingStats, StepInfo, sample as run_sampler, seeded_noise
 from .scheduler import FlowMatchPairScheduler
-from ..network.text_encoder import TextEncoder
+from ..network.text_encoder import TextEncoder, prompt_clean
 from ..network.video_vae import VideoVAE
 
 logger = logging.getLogger(__name__)
@@ -179,7 +179,7 @@ class MovaPipeline:
                 (1, audio_channels, audio_len))
 
     # -- conditioning ---------------------------------------------------------------------------------
-    def encode_prompts(self, prompts: list) -> torch.Tensor:
+    def encode_prompts(self, prompts: list, names: Optional[list] = None) -> torch.Tensor:
         """UMT5 embeddings `[len(prompts), 512, d_model]` (float32), padded rows zero. The encoder is built for
         this call and released afterwards. On a GPU it runs where the memory plan says: resident, with its 24
         blocks streamed, or on the CPU when even that does not fit."""
@@ -193,9 +193,9 @@ class MovaPipeline:
 
                     with stack_streamer(module, list(module.encoder.block), self.device) as streamer:
                         streamer.attach()
-                        embeds = encoder.encode(list(prompts), device=self.device).embeds
+                        embeds = encoder.encode(list(prompts), device=self.device, names=names).embeds
                 else:
-                    embeds = encoder.encode(list(prompts)).embeds
+                    embeds = encoder.encode(list(prompts), names=names).embeds
         finally:
             self.cache.release("text_encoder")
         return embeds.float().to(self.device)
@@ -220,7 +220,10 @@ class MovaPipeline:
                              num_frames: int = 193, video_fps: float = 24.0) -> Conditioning:
         """Text embeddings and first-frame condition for one clip. `image_uint8` `[h, w, 3]` uint8 or None."""
         validate_geometry(width, height, num_frames, video_fps)
-        embeds = self.encode_prompts([prompt, negative_prompt])
+        if not prompt_clean(prompt or ""):
+            logger.warning("the prompt is empty: the clip is generated from the first frame and the negative prompt "
+                           "alone; describe what happens and what is heard")
+        embeds = self.encode_prompts([prompt, negative_prompt], names=["prompt", "negative prompt"])
         image = self.prepare_image(image_uint8, width, height).to(self.device)
         with torch.no_grad():
             condition = first_frame_condition(self.video_vae(), image, num_frames)

@@ -8,6 +8,8 @@ import importlib.util
 import json
 import socket
 import sys
+import threading
+import time
 
 from host_fixtures import REPO_ROOT
 
@@ -126,6 +128,30 @@ def test_enhancer_unreachable_endpoint_is_a_clear_error(comfy):
     result = comfy.run(workflow, timeout=60)
     assert result.status == "error"
     assert "connection refused" in result.error and f"127.0.0.1:{port}" in result.error
+
+
+def test_enhancer_hanging_service_is_stopped_by_interrupt(comfy):
+    """Issue 9: with a chat service that never answers, POST /interrupt must end the node at once
+    (it blocked the queue for the whole 120 s timeout), and the next prompt must run."""
+    with _standin().StandInChatServer(delay_s=300.0) as server:
+
+        def interrupt_once_the_request_hangs():
+            if server.received.wait(60):
+                time.sleep(1.0)  # the node is now waiting on the socket
+                comfy.interrupt()
+
+        threading.Thread(target=interrupt_once_the_request_hangs, daemon=True).start()
+        workflow = {"1": _enhancer("A dog barks.", server.base_url, timeout_s=120, rewrite_seed=14),
+                    "2": _preview(["1", 0])}
+        result = comfy.run(workflow, timeout=90)
+        assert server.received.is_set()
+    assert result.status == "interrupted", f"{result.status}: {result.error}"
+    interrupted = [e for e in result.events if e["type"] == "execution_interrupted"]
+    assert str(interrupted[0]["data"]["node_id"]) == "1"
+    assert result.seconds < 10.0, f"the interrupt took effect after {result.seconds:.1f} s"
+    follow = comfy.run({"1": {"class_type": "MovaPromptComposer", "inputs": COMPOSER_FIELDS},
+                        "2": _preview(["1", 0])}, timeout=60)
+    assert follow.status == "success", follow.error
 
 
 WORKFLOWS = REPO_ROOT / "workflows" / "api"

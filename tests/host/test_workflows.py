@@ -35,7 +35,7 @@ SCHEMAS = {
     "MovaAudioDriver": ({"model": "MOVA_MODEL", "conditioning": "MOVA_CONDITIONING", "audio": "AUDIO",
                          "mode": "COMBO"}, {}, ["MOVA_HELD", "STRING"]),
     "MovaVideoDriver": ({"model": "MOVA_MODEL", "conditioning": "MOVA_CONDITIONING", "frames": "IMAGE",
-                         "mode": "COMBO"}, {}, ["MOVA_HELD", "STRING"]),
+                         "mode": "COMBO"}, {"source_fps": "FLOAT"}, ["MOVA_HELD", "STRING"]),
 }  # fmt: skip
 
 
@@ -153,6 +153,10 @@ def test_v2a_notes_say_frames_trimmed(shipped_runs):
     notes_node = next(nid for nid in nodes_of(wf, "PreviewAny") if wf[nid]["inputs"]["source"][0] == driver)
     notes = text_of(result, notes_node)
     assert f"used the first {TINY['frames']} of {CLIP_FRAMES} frames" in notes, notes
+    # The video's own fps reaches the driver (issue 9: a 60 fps video was taken frame by frame, 2.5x slow):
+    # the clip here has the conditioner's fps, so nothing is resampled and nothing is assumed.
+    assert wf[driver]["inputs"]["source_fps"] == [node_of(wf, "GetVideoComponents"), 2]
+    assert "source_fps not given" not in notes and "took" not in notes, notes
 
 
 # -- our decoder feeding ComfyUI's own video nodes --------------------------------------------------------------

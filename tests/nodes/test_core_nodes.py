@@ -113,3 +113,30 @@ def test_decoder_trims_audio_to_the_clip(node_module):
     decoder = node_module("decoder")
     assert decoder.clip_samples(193, 24.0, 48000) == 386000
     assert decoder.clip_samples(9, 8.0, 16000) == 18000
+
+
+def test_mux_empty_prefix_writes_a_visible_file_with_the_usual_mode(node_module, output_dir):
+    """Issue 9: an empty filename_prefix wrote a hidden `._00001_.mp4`, and saved mp4s were mode 0600."""
+    mux = node_module("mux")
+    out = mux.MovaMux.execute(frames=torch.rand(5, 32, 32, 3), fps=8.0, filename_prefix="")
+    saved = out.ui.as_dict()["images"][0]
+    assert (saved["subfolder"], saved["filename"]) == ("", "MOVA_00001_.mp4")
+    (written,) = [p for p in output_dir.rglob("*") if p.is_file()]
+    assert written.name == "MOVA_00001_.mp4"
+    plain = output_dir / "plain.txt"
+    plain.write_text("x")  # how ComfyUI's savers create files: 0666 minus the umask
+    assert written.stat().st_mode & 0o777 == plain.stat().st_mode & 0o777
+
+
+def test_mux_says_when_its_fps_cuts_the_audio(node_module, output_dir, caplog):
+    """Issue 9: Mux fps 120 on a 24 fps clip cut the audio to a fifth without a word."""
+    mux = node_module("mux")
+    audio = {"waveform": torch.randn(1, 1, int(48000 * 9 / 24)) * 0.1, "sample_rate": 48000}
+    with caplog.at_level("WARNING"):
+        mux.MovaMux.execute(frames=torch.rand(9, 32, 32, 3), fps=24.0, filename_prefix="mova/ok", audio=audio)
+    assert not [r for r in caplog.records if "MOVA Mux" in r.getMessage()]
+    with caplog.at_level("WARNING"):
+        mux.MovaMux.execute(frames=torch.rand(9, 32, 32, 3), fps=120.0, filename_prefix="mova/cut", audio=audio)
+    (record,) = [r for r in caplog.records if "MOVA Mux" in r.getMessage()]
+    assert "the audio lasts 0.375 s but 9 frames at 120 fps last 0.075 s, so the audio was cut" in record.getMessage()
+    assert "(9 frames / 0.375 s = 24 fps)" in record.getMessage()

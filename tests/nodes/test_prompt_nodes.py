@@ -129,3 +129,28 @@ def test_enhancer_local_backend_without_model_says_where_to_put_it(prompt_nodes,
     with pytest.raises(ValueError) as info:
         prompt_nodes.MovaPromptEnhancer.execute(**_enhancer_inputs(backend="local_transformers"))
     assert str(llm_dir) in str(info.value) and "config.json" in str(info.value)
+
+
+def test_enhancer_stops_on_comfy_interrupt(prompt_nodes):
+    """Issue 9: a hanging chat server kept the node for the whole timeout; ComfyUI's interrupt must end it."""
+    import threading
+    import time
+
+    import comfy.model_management as mm
+
+    standin = _load("standin_openai", PROMPT_TESTS / "standin_openai.py")
+    with standin.StandInChatServer(delay_s=60.0) as server:
+
+        def interrupt_when_asked():
+            server.received.wait(10)
+            mm.interrupt_current_processing(True)
+
+        threading.Thread(target=interrupt_when_asked, daemon=True).start()
+        start = time.monotonic()
+        try:
+            with pytest.raises(mm.InterruptProcessingException):
+                prompt_nodes.MovaPromptEnhancer.execute(**_enhancer_inputs(endpoint_url=server.base_url, timeout_s=120))
+        finally:
+            mm.interrupt_current_processing(False)
+        elapsed = time.monotonic() - start
+    assert elapsed < 3.0, f"the interrupt took {elapsed:.1f} s to stop the node"

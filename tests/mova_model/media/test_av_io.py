@@ -183,3 +183,73 @@ def test_more_than_two_audio_channels_are_mixed_down_or_refused(tmp_path, rate):
         return
     assert probe_media(path).audio_channels == 2
     assert _audio_peak(path) > 0.05
+
+
+# --- issue 9, item 6: files left by a killed write, file mode, names, a wrong Mux fps --------------
+
+
+def _plain_file_mode(folder) -> int:
+    probe = folder / "plain.txt"
+    probe.write_text("x")  # created the way ComfyUI's own savers create files
+    mode = probe.stat().st_mode & 0o777
+    probe.unlink()
+    return mode
+
+
+def test_written_mp4_has_the_mode_of_a_plain_file(tmp_path):
+    """Saved mp4s were 0600 (mkstemp); ComfyUI's outputs get 0666 minus the umask (0644 usually)."""
+    path = write_mp4(tmp_path / "clip.mp4", _frames(), FPS)
+    assert path.stat().st_mode & 0o777 == _plain_file_mode(tmp_path)
+
+
+def _dead_pid() -> int:
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_partial_files_of_killed_writers_are_removed_on_the_next_write(tmp_path):
+    import os
+    import time
+
+    own = tmp_path / f".clip.mova-{os.getpid()}-00aa{av_io.PARTIAL_SUFFIX}"  # a write of this process
+    dead = tmp_path / f".clip.mova-{_dead_pid()}-00bb{av_io.PARTIAL_SUFFIX}"  # its writer was killed
+    live = tmp_path / f".clip.mova-{os.getppid()}-00cc{av_io.PARTIAL_SUFFIX}"  # another live process, writing now
+    reused = tmp_path / f".clip.mova-{os.getppid()}-00dd{av_io.PARTIAL_SUFFIX}"  # live pid but untouched for hours
+    foreign = tmp_path / ".clip.abc123.partial.mp4"  # not named by us: never touched
+    for p in (own, dead, live, reused, foreign):
+        p.write_bytes(b"\0" * 100)
+    old = time.time() - av_io.STALE_PARTIAL_AGE_S - 60
+    os.utime(reused, (old, old))
+
+    write_mp4(tmp_path / "next.mp4", _frames(), FPS)
+
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert left == sorted([own.name, live.name, foreign.name, "next.mp4"])
+
+
+def test_safe_filename_prefix():
+    assert av_io.safe_filename_prefix("mova/MOVA") == ("mova/MOVA", None)
+    for given, used in [("", "MOVA"), ("  ", "MOVA"), (".", "MOVA"), ("mova/", "mova/MOVA"), ("mova/.", "mova/MOVA"),
+                        (".hidden", "hidden"), ("mova/..x", "mova/x")]:
+        fixed, note = av_io.safe_filename_prefix(given)
+        assert fixed == used, given
+        assert note and repr(given) in note and repr(used) in note
+
+
+def test_fit_audio_to_video_says_when_the_fps_does_not_match():
+    rate = 48000
+    clip = torch.zeros(1, int(rate * 49 / 24))  # 49 frames at 24 fps: 2.042 s
+    fitted, note = av_io.fit_audio_to_video(clip, rate, 49, 24.0)
+    assert fitted.shape == (1, 98000) and note is None
+    fitted, note = av_io.fit_audio_to_video(clip, rate, 49, 120.0)  # the issue's case: 0.408 s kept
+    assert fitted.shape == (1, 19600)
+    assert note == ("the audio lasts 2.042 s but 49 frames at 120 fps last 0.408 s, so the audio was cut to "
+                    "0.408 s; if this is a MOVA clip, set fps to the clip's fps (49 frames / 2.042 s = 24 fps)")
+    fitted, note = av_io.fit_audio_to_video(clip, rate, 49, 12.0)
+    assert fitted.shape == (1, 196000) and "padded with 2.042 s of silence" in note
+    # Within one frame's worth (rounding between the decoder and the Mux) is not worth a message.
+    assert av_io.fit_audio_to_video(clip[:, :-1000], rate, 49, 24.0)[1] is None

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
@@ -59,13 +58,23 @@ class StandInChatServer:
     Args:
         reply: request JSON -> either the assistant text (wrapped as a chat completion) or a
             ``(status, content_type, body_bytes)`` tuple sent as is.
-        delay_s: seconds to wait before answering (for timeout tests).
+        delay_s: seconds to wait before answering (for timeout tests); a hanging server is a large
+            ``delay_s`` (the wait ends early when the server is closed).
+        drip_s: when > 0, send the body one byte every ``drip_s`` seconds (a slow-drip server that
+            never lets a per-read socket timeout fire).
+        content_length: send a ``Content-Length`` header (False: the body ends when the connection closes).
     """
 
-    def __init__(self, reply: Reply = rule_following_reply, delay_s: float = 0.0):
+    def __init__(self, reply: Reply = rule_following_reply, delay_s: float = 0.0, drip_s: float = 0.0,
+                 content_length: bool = True):
         self.reply = reply
         self.delay_s = delay_s
+        self.drip_s = drip_s
+        self.content_length = content_length
         self.requests: list[dict] = []
+        self.received = threading.Event()  # set when a request has arrived (for interrupt timing)
+        self.disconnected = threading.Event()  # set when a client hung up before the answer was sent
+        self._closing = threading.Event()
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -77,8 +86,9 @@ class StandInChatServer:
                 except json.JSONDecodeError:
                     body = None
                 server.requests.append({"path": self.path, "headers": dict(self.headers), "json": body})
+                server.received.set()
                 if server.delay_s:
-                    time.sleep(server.delay_s)
+                    server._closing.wait(server.delay_s)
                 if self.path != "/v1/chat/completions" or body is None:
                     status, ctype, payload = 404, "application/json", b'{"error": {"message": "not found"}}'
                 else:
@@ -90,11 +100,19 @@ class StandInChatServer:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(payload)))
+                    if server.content_length:
+                        self.send_header("Content-Length", str(len(payload)))
                     self.end_headers()
-                    self.wfile.write(payload)
+                    if server.drip_s:
+                        for i in range(len(payload)):
+                            if server._closing.wait(server.drip_s):
+                                return
+                            self.wfile.write(payload[i : i + 1])
+                            self.wfile.flush()
+                    else:
+                        self.wfile.write(payload)
                 except (BrokenPipeError, ConnectionResetError):
-                    pass  # the client gave up (timeout test)
+                    server.disconnected.set()  # the client gave up (timeout test)
 
             def log_message(self, *args):  # keep test output quiet
                 pass
@@ -112,5 +130,6 @@ class StandInChatServer:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._closing.set()
         self._httpd.shutdown()
         self._httpd.server_close()

@@ -4,10 +4,18 @@ The server (standin_openai.py) stands in for the remote chat service; it speaks 
 protocol and records each request, so these tests exercise the real urllib request/response path.
 """
 import socket
+import time
 
 import pytest
 
-from mova_model.prompt.backends import BackendConfigError, BackendError, OpenAIChatBackend, chat_completions_url
+from mova_model.prompt.backends import (
+    MAX_RESPONSE_BYTES,
+    BackendConfigError,
+    BackendError,
+    OpenAIChatBackend,
+    RequestCancelled,
+    chat_completions_url,
+)
 
 MESSAGES = [{"role": "system", "content": "rules"}, {"role": "user", "content": "idea"}]
 
@@ -107,3 +115,77 @@ def test_config_errors():
     with pytest.raises(BackendConfigError, match="timeout"):
         OpenAIChatBackend("http://x/v1", "m", timeout_s=0)
     assert chat_completions_url("https://api.example.com/v1/") == "https://api.example.com/v1/chat/completions"
+
+
+# --- issue 9, item 5: a total deadline, cancellation, a body-size cap -------------------------------
+
+
+def test_slow_drip_server_hits_the_total_deadline(standin):
+    """One byte every 0.3 s never trips a per-read timeout; the request as a whole must still stop."""
+    with standin.StandInChatServer(reply=lambda req: "A caption.", drip_s=0.3) as server:
+        backend = OpenAIChatBackend(server.base_url, "m", timeout_s=1.0)
+        start = time.monotonic()
+        with pytest.raises(BackendError) as info:
+            backend.chat(MESSAGES)
+        elapsed = time.monotonic() - start
+        assert server.disconnected.wait(3.0), "the connection was not closed when the deadline passed"
+    assert elapsed < 2.0, f"the request ran {elapsed:.1f} s with a 1 s total limit"
+    message = str(info.value)
+    assert "did not finish answering within 1 s" in message and "total time limit" in message
+    assert "bytes of the answer had arrived" in message  # says the server was dripping, not silent
+
+
+def test_cancel_check_stops_a_hanging_request(standin):
+    """A server that never answers: the cancel check (ComfyUI's interrupt) ends the wait at once."""
+    with standin.StandInChatServer(reply=lambda req: "late", delay_s=60.0) as server:
+        backend = OpenAIChatBackend(server.base_url, "m", timeout_s=30.0)
+        asked = []
+
+        def cancel_after_request_arrived() -> bool:
+            asked.append(time.monotonic())
+            return server.received.is_set()
+
+        start = time.monotonic()
+        with pytest.raises(RequestCancelled, match="cancelled while waiting for the chat endpoint"):
+            backend.chat(MESSAGES, cancel_check=cancel_after_request_arrived)
+        elapsed = time.monotonic() - start
+    assert elapsed < 1.5, f"cancelling took {elapsed:.1f} s"
+    assert len(asked) >= 2  # asked repeatedly while waiting, not once
+
+
+def test_cancel_check_may_raise_its_own_exception(standin):
+    """ComfyUI's interrupt check raises its own exception; it must come out unchanged (not a BackendError)."""
+
+    class HostInterrupt(Exception):
+        pass
+
+    def host_check():
+        if server.received.is_set():
+            raise HostInterrupt("interrupted by the user")
+
+    with standin.StandInChatServer(reply=lambda req: "late", delay_s=60.0) as server:
+        backend = OpenAIChatBackend(server.base_url, "m", timeout_s=30.0)
+        with pytest.raises(HostInterrupt):
+            backend.chat(MESSAGES, cancel_check=host_check)
+
+
+@pytest.mark.parametrize("content_length", [True, False], ids=["declared-length", "no-length"])
+def test_huge_body_is_refused_without_reading_it_all(standin, content_length):
+    huge = b'{"choices": [{"message": {"content": "' + b"x" * (24 * 1024 * 1024) + b'"}}]}'
+    with standin.StandInChatServer(reply=lambda req: (200, "application/json", huge),
+                                   content_length=content_length) as server:
+        backend = OpenAIChatBackend(server.base_url, "m", timeout_s=20.0)
+        start = time.monotonic()
+        with pytest.raises(BackendError) as info:
+            backend.chat(MESSAGES)
+        elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert f"larger than the {MAX_RESPONSE_BYTES // (1024 * 1024)} MiB limit" in message, message
+    assert elapsed < 5.0
+
+
+def test_body_limit_is_a_setting(standin):
+    with standin.StandInChatServer(reply=lambda req: "A caption that is long enough.") as server:
+        with pytest.raises(BackendError, match="larger than the 100 bytes limit"):
+            OpenAIChatBackend(server.base_url, "m", max_response_bytes=100).chat(MESSAGES)
+        assert OpenAIChatBackend(server.base_url, "m", max_response_bytes=4096).chat(MESSAGES).startswith("A caption")

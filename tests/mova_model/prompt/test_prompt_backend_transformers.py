@@ -12,6 +12,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from mova_model.prompt.backends import (
     BackendConfigError,
     BackendError,
+    RequestCancelled,
     TransformersChatBackend,
     check_model_folder,
     render_chat,
@@ -103,3 +104,17 @@ def test_unloadable_folder_gives_backend_error(tmp_path, tiny_lm_dir):
     (broken / "config.json").write_text('{"model_type": "no_such_architecture"}')
     with pytest.raises(BackendError, match="Could not load the language model"):
         TransformersChatBackend(str(broken), device="cpu").chat(MESSAGES, max_new_tokens=2)
+
+
+def test_cancel_check_stops_generation(tiny_lm_dir):
+    """Issue 9: ComfyUI's interrupt is honoured between generated tokens of a local model too."""
+    calls = []
+
+    def cancel_at_the_third_token() -> bool:
+        calls.append(1)
+        return len(calls) > 3  # once before loading, then once per token
+
+    backend = TransformersChatBackend(str(tiny_lm_dir), device="cpu")
+    with pytest.raises(RequestCancelled, match="cancelled while waiting for the local model"):
+        backend.chat(MESSAGES, max_new_tokens=64, temperature=0.0, cancel_check=cancel_at_the_third_token)
+    assert len(calls) == 4

@@ -3,10 +3,11 @@
 The stand-in server (standin_openai.py) stands in for the remote chat service.
 """
 import socket
+import time
 
 import pytest
 
-from mova_model.prompt.backends import BackendError, OpenAIChatBackend
+from mova_model.prompt.backends import BackendError, OpenAIChatBackend, RequestCancelled
 from mova_model.prompt.enhancer import (
     PromptValidationError,
     clean_model_output,
@@ -120,3 +121,35 @@ def test_helpers():
     messages = build_messages("idea")
     assert NO_FIRST_FRAME in messages[1]["content"]
     assert "250 words" in messages[0]["content"]
+
+
+# --- issue 9, item 5: a rewrite far longer than the input, cancellation ----------------------------
+
+
+def test_huge_rewrite_fails_the_check_quickly(standin):
+    """A model that rambles (here ~60 000 words, 300 kB) must not pass as "OK"."""
+
+    def rambles(request):
+        return 'He shouts, "Voilà !" and his friend answers, "好吃！" ' + "and the pan sizzles " * 15000 + (
+            "\n\nThe audio features sizzling."
+        )
+
+    with standin.StandInChatServer(reply=rambles) as server:
+        start = time.monotonic()
+        with pytest.raises(PromptValidationError) as info:
+            enhance_prompt(IDEA, OpenAIChatBackend(server.base_url, "m"))
+        elapsed = time.monotonic() - start
+    message = str(info.value)
+    assert "the rewrite is 60021 words (300110 characters)" in message and "far longer than" in message, message[:500]
+    assert "limit 750 words" in message
+    assert elapsed < 5.0  # the quote check must not crawl through the whole text first
+    assert len(message) < 3000  # the rewrite is shown cut, not whole
+
+
+def test_cancelling_is_not_turned_into_the_fallback(standin):
+    """An interrupt is the user's decision: it must end the node even with on_failure=fallback."""
+    with standin.StandInChatServer(reply=lambda req: "late", delay_s=60.0) as server:
+        backend = OpenAIChatBackend(server.base_url, "m", timeout_s=30.0)
+        with pytest.raises(RequestCancelled):
+            enhance_prompt(IDEA, backend, on_failure="fallback", fallback_prompt=FALLBACK,
+                           cancel_check=server.received.is_set)

@@ -112,3 +112,22 @@ def test_long_and_static_wording_are_warnings_only():
 def test_quoted_spans_and_word_count():
     assert quoted_spans('a "x  y" b \u201cz\u201d \u300c\u4f60\u300d ""') == ["x y", "z", "\u4f60"]
     assert count_words("two words \u4f60\u597d") == 4
+
+
+def test_rewrite_far_longer_than_any_caption_fails():
+    """Issue 9: a 10 MB rewrite passed as "OK"; beyond 3x the word limit (or 2x a long input) is an error."""
+    rambling = "The chef turns. " * 300 + "\n\nThe audio features wind."  # 904 words
+    report = validate_caption(rambling, "A chef turns.")
+    assert not report.ok
+    assert report.errors == [
+        "the rewrite is 904 words (4826 characters), far longer than the input (3 words) or a MOVA caption "
+        "(~250 words) needs (limit 750 words, 12000 characters); the text encoder reads only the first "
+        "512 tokens. Ask for a shorter rewrite or use a model that follows the length rule."
+    ]
+    # A long input may get a proportionally long rewrite (its quoted lines must all survive).
+    long_input = "The chef turns. " * 400
+    assert validate_caption(rambling, long_input).ok
+    # One giant "word" is caught by the character limit.
+    blob = "A chef " + "x" * 20000 + " turns.\n\nThe audio features wind."
+    (error,) = validate_caption(blob, "A chef turns.").errors
+    assert error.startswith("the rewrite is 8 words (20040 characters), far longer than")

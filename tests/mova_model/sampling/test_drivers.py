@@ -109,7 +109,7 @@ def test_no_frames_gives_a_sensible_message():
 
 def test_extra_frames_are_trimmed_with_a_note():
     frames = _frames(7)
-    prepared = prepare_driving_video(frames, _conditioning())
+    prepared = prepare_driving_video(frames, _conditioning(), source_fps=8.0)
     assert prepared.tensor.shape == (1, 3, 5, 32, 32)
     assert prepared.notes == ["used the first 5 of 7 frames (the clip length is 4k+1 = 5)"]
     expected = (frames[:5] * 255).round() / 127.5 - 1
@@ -117,7 +117,7 @@ def test_extra_frames_are_trimmed_with_a_note():
 
 
 def test_exact_frames_are_used_as_given():
-    prepared = prepare_driving_video(_frames(5), _conditioning())
+    prepared = prepare_driving_video(_frames(5), _conditioning(), source_fps=8.0)
     assert prepared.message == "used as given"
     assert prepared.tensor.min() >= -1 and prepared.tensor.max() <= 1
 
@@ -125,7 +125,7 @@ def test_exact_frames_are_used_as_given():
 def test_other_size_is_cropped_and_resized_with_a_note():
     frames = torch.zeros(5, 40, 48, 3)
     frames[..., 0] = 1.0  # pure red survives crop + resize
-    prepared = prepare_driving_video(frames, _conditioning())
+    prepared = prepare_driving_video(frames, _conditioning(), source_fps=8.0)
     assert prepared.tensor.shape == (1, 3, 5, 32, 32)
     assert prepared.notes == ["center-cropped and resized 48x40 -> 32x32"]
     assert torch.allclose(prepared.tensor[0, 0], torch.ones(5, 32, 32))
@@ -159,3 +159,57 @@ def test_held_inputs_refuse_an_unknown_mode(tiny_pipe, tiny_cond):
         held_video(tiny_pipe, _frames(5), tiny_cond, mode="sticky")
     with pytest.raises(InputError, match="mode"):
         held_audio(tiny_pipe, torch.zeros(1, WANTED), RATE, tiny_cond, mode="sticky")
+
+
+# --- issue 9, item 6: a source video at another frame rate ----------------------------------------
+
+
+def _numbered(count, size=32):
+    """Frames whose red value encodes their index (i / 255), to see which source frame was taken."""
+    frames = torch.zeros(count, size, size, 3)
+    frames[..., 0] = torch.arange(count).float().div(255).view(-1, 1, 1)
+    return frames
+
+
+def _taken(prepared) -> list:
+    red = prepared.tensor[0, 0, :, 0, 0]  # [F'] in [-1, 1]
+    return ((red + 1) * 127.5).round().long().tolist()
+
+
+def test_60fps_source_is_taken_at_the_clip_rate():
+    """Issue 9: a 60 fps video gave "used the first 49 of 60 frames" and played 2.5x slower.
+    At 24 fps each clip frame i shows the source frame nearest to i/24 s: index round(2.5 i)."""
+    prepared = prepare_driving_video(_numbered(130), _conditioning(num_frames=49, video_fps=24.0), source_fps=60.0)
+    taken = _taken(prepared)
+    assert len(taken) == 49
+    assert taken[:6] == [0, 3, 5, 8, 10, 13]  # floor(2.5 i + 1/2)
+    assert taken[-1] == 120  # 48 / 24 s = 2 s -> source frame 120
+    assert prepared.notes == ["took 49 frames at the clip's 24 fps from the 60 fps video (nearest frame at each clip "
+                              "time, source frames 0..120), covering 2.04 s of its 2.17 s"]
+
+
+def test_slower_source_repeats_frames():
+    prepared = prepare_driving_video(_numbered(10), _conditioning(num_frames=9, video_fps=24.0), source_fps=12.0)
+    assert _taken(prepared) == [0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_source_too_short_at_its_own_rate_is_refused_with_the_usable_length():
+    # 60 frames at 60 fps is 1 s; a 49-frame clip at 24 fps needs 2.04 s.
+    with pytest.raises(InputError) as info:
+        prepare_driving_video(_numbered(60), _conditioning(num_frames=49, video_fps=24.0), source_fps=60.0)
+    message = str(info.value)
+    assert "the clip is 49 frames at 24 fps (2.04 s) but the video has 60 frames at 60 fps (1.00 s)" in message
+    assert "set the conditioner's frames to 21 or fewer" in message  # 21 frames at 24 fps: source frame 50 < 60
+    prepare_driving_video(_numbered(60), _conditioning(num_frames=21, video_fps=24.0), source_fps=60.0)
+    with pytest.raises(InputError):
+        prepare_driving_video(_numbered(60), _conditioning(num_frames=25, video_fps=24.0), source_fps=60.0)
+
+
+def test_unknown_source_rate_is_said_in_the_notes():
+    prepared = prepare_driving_video(_numbered(60), _conditioning(num_frames=49, video_fps=24.0))
+    assert _taken(prepared) == list(range(49))
+    assert prepared.notes[0] == "used the first 49 of 60 frames (the clip length is 4k+1 = 49)"
+    assert prepared.notes[1].startswith("source_fps not given: one video frame per clip frame, as if the video were "
+                                        "at the clip's 24 fps")
+    with pytest.raises(InputError, match="source_fps must be 0"):
+        prepare_driving_video(_numbered(60), _conditioning(), source_fps=-1.0)

@@ -170,3 +170,35 @@ def test_callback_can_cancel(tiny_pipe, tiny_cond):
     with pytest.raises(Stop):
         tiny_pipe.sample(tiny_cond, seed=1, steps=3, guidance=ONE_PASS, callback=cancel)
     assert tiny_pipe.last_stats.experts == ["video_dit"]  # stopped after the first step
+
+
+# --- issue 9, item 6: a prompt cut at 512 tokens, an empty prompt --------------------------------
+
+
+def _warnings(caplog) -> list:
+    return [r.getMessage() for r in caplog.records if r.levelname == "WARNING" and r.name.startswith("mova_model")]
+
+
+def test_long_prompt_cut_at_512_tokens_is_reported(tiny_pipe, clip, caplog):
+    """Issue 9: the tokenizer cut a long prompt at 512 tokens without a word."""
+    words = " ".join(["the man walks"] * 200) + " and finally the dog barks loudly"  # ~600 words
+    with caplog.at_level("WARNING"):
+        cut = tiny_pipe.prepare_conditioning(words, "static, blurry", None, **clip)
+    (note,) = _warnings(caplog)
+    # 617 text tokens + </s>; the encoder keeps 511 + </s>: text token 512 onwards (106 tokens) is dropped.
+    assert note == ("the prompt is 618 tokens but the UMT5 text encoder reads only the first 512 (the official limit): "
+                    "everything from \"man walks the man walks the man walks the man walks the …\" on (106 tokens) is "
+                    "ignored. Shorten it; MOVA's captions are about 250 words.")
+    # What the note says is what happened: the embedding is the same as for the prompt cut by hand.
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        ok = tiny_pipe.prepare_conditioning("the man walks", "static, blurry", None, **clip)
+    assert _warnings(caplog) == []
+    assert cut.prompt_embeds.shape == ok.prompt_embeds.shape
+
+
+def test_empty_prompt_is_reported(tiny_pipe, clip, caplog):
+    with caplog.at_level("WARNING"):
+        tiny_pipe.prepare_conditioning("  \n ", "static, blurry", None, **clip)
+    assert _warnings(caplog) == ["the prompt is empty: the clip is generated from the first frame and the negative "
+                                 "prompt alone; describe what happens and what is heard"]
