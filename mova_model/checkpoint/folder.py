@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -335,6 +335,7 @@ class MovaCheckpoint:
         self._stores: Dict[str, SafetensorsStore] = {}
         self._layouts: Dict[str, ComponentLayout] = {}
         self._problems: Dict[str, List[Problem]] = {}
+        self._changed_broken: set = set()
 
     @classmethod
     def open(cls, folder: Path | str, validate: bool = False) -> "MovaCheckpoint":
@@ -408,6 +409,39 @@ class MovaCheckpoint:
             raise CheckpointError.from_problems(f"{self.root} is not a usable MOVA checkpoint", problems)
         return self
 
+    def changed_components(self, components: Optional[Sequence[str]] = None) -> List[str]:
+        """Components (of `components`, default all) whose weight files were checked and have changed on disk
+        since (size, mtime, inode or header: `SafetensorsStore.changed_files`). Reads headers only."""
+        names = WEIGHT_COMPONENTS if components is None else components
+        return [c for c in names if c in self._stores and self._stores[c].is_stale()]
+
+    def recheck(self, components: Optional[Sequence[str]] = None) -> List[str]:
+        """Re-open and re-validate every component whose files changed since they were checked; -> the changed
+        components. Raises the `CheckpointError` of a load when a changed file is no longer usable.
+
+        Memory-mapped weights of a changed file must not be touched again (a truncated file kills the
+        process with SIGBUS): callers drop the modules built from the changed components first.
+        """
+        changed = self.changed_components(components)
+        for component in changed:
+            files = self._stores[component].changed_files()
+            logger.warning("%s: %s changed on disk since the checkpoint was checked; checking again", component,
+                           ", ".join(files))
+            del self._stores[component]
+            self._problems.pop(component, None)
+            if self.component_problems(component):
+                self._changed_broken.add(component)
+            else:
+                self._changed_broken.discard(component)
+        # a component whose files broke after loading stays refused until its files change again
+        names = WEIGHT_COMPONENTS if components is None else components
+        broken = [c for c in names if c in self._changed_broken]
+        if broken:
+            raise CheckpointError.from_problems(
+                f"{self.root} is not a usable MOVA checkpoint (weight files of {', '.join(broken)} changed on disk "
+                "since it was loaded)", [p for c in broken for p in self._problems[c]])
+        return changed
+
     def build(self, component: str, dtype: Optional[torch.dtype] = None, device: torch.device | str = "cpu") -> nn.Module:
         """The component's module with its weights assigned (`load_state_dict(assign=True, strict=True)`).
 
@@ -416,10 +450,7 @@ class MovaCheckpoint:
         stored (the layers dequantize at forward). On `device` other than CPU each tensor is copied there.
         The module is returned in eval mode with `requires_grad=False`.
         """
-        if component in self._stores and self._stores[component].is_stale():
-            logger.info("%s: files changed on disk since they were checked; checking them again", component)
-            del self._stores[component]
-            self._problems.pop(component, None)
+        self.recheck([component])
         problems = self.component_problems(component)
         if problems:
             raise CheckpointError.from_problems(f"{self.root}: cannot load {component}", problems)

@@ -220,6 +220,7 @@ class MovaPipeline:
                              num_frames: int = 193, video_fps: float = 24.0) -> Conditioning:
         """Text embeddings and first-frame condition for one clip. `image_uint8` `[h, w, 3]` uint8 or None."""
         validate_geometry(width, height, num_frames, video_fps)
+        self.cache.verify_files()
         embeds = self.encode_prompts([prompt, negative_prompt])
         image = self.prepare_image(image_uint8, width, height).to(self.device)
         with torch.no_grad():
@@ -238,6 +239,7 @@ class MovaPipeline:
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
         `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options."""
         c = conditioning
+        self.cache.verify_files()
         video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
         if noise is None:
             video_noise, audio_noise = seeded_noise(seed, video_shape, audio_shape)
@@ -279,6 +281,7 @@ class MovaPipeline:
     def decode_video_raw(self, latents: JointLatents | torch.Tensor) -> torch.Tensor:
         """Decoded video `[1, 3, F, H, W]` in [-1, 1] (official: denormalize, Wan VAE decode)."""
         video = latents.video if isinstance(latents, JointLatents) else latents
+        self.cache.verify_files()
         vae = self.video_vae()
         with torch.no_grad():
             return vae.decode(video.to(self.device)).float()
@@ -291,6 +294,7 @@ class MovaPipeline:
     def decode_audio(self, latents: JointLatents | torch.Tensor) -> Tuple[torch.Tensor, int]:
         """Waveform `[1, 1, L · hop]` float (untrimmed, as the official DAC decode) and its sample rate in Hz."""
         audio = latents.audio if isinstance(latents, JointLatents) else latents
+        self.cache.verify_files()
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
             wave = vae.decode(audio.to(self.device, torch.float32))
@@ -298,6 +302,7 @@ class MovaPipeline:
 
     def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
         """Audio latents `[1, C, L]` (posterior mean) of a mono waveform `[1, 1, S]` at the model's rate."""
+        self.cache.verify_files()
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
             padded = vae.preprocess(waveform.to(self.device, torch.float32), self.sample_rate)
@@ -306,6 +311,7 @@ class MovaPipeline:
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """Normalized video latents `[1, z, T', H/8, W/8]` (posterior mode) of frames `[1, 3, F, H, W]` in [-1, 1]."""
+        self.cache.verify_files()
         vae = self.video_vae()
         with torch.no_grad():
             return vae.normalize(vae.encode_mode(frames.to(self.device))).float()

@@ -1,0 +1,69 @@
+"""Ways a user could crash or stall the server (issue 9, items 2-4), through a real ComfyUI 0.3.75 server.
+
+- a checkpoint shard truncated between two queued runs: a readable error in the UI, the server alive, and the
+  next run fine once the file is restored (it used to die with SIGBUS, the queue lost);
+- a `config.json` whose layer count does not match its tensors: refused by the Loader in well under a second
+  (it used to build a million-block skeleton: 15 GB in 5 minutes, deaf to /interrupt);
+- a clip too large for the host's RAM: refused by the Conditioner with the memory plan's message before any
+  VAE work (it used to allocate until torch's raw "DefaultCPUAllocator" error, or run the machine out of RAM).
+"""
+import json
+import os
+import shutil
+import time
+
+import pytest
+
+from host_workflows import load_api, node_of, output_files, patch_for_speed
+
+READABLE_ERRORS = ("InputError", "ValueError", "CheckpointError")
+RAW_TORCH_WORDS = ("Traceback", "DefaultCPUAllocator", "can't allocate", "torch.", "CUDA", "out of memory")
+
+
+@pytest.fixture()
+def checkpoint_copy(comfy, mova_checkpoint):
+    """A private copy of the tiny checkpoint under models/mova (removed afterwards): -> (name, folder)."""
+    made = []
+
+    def make(name: str):
+        dest = comfy.server.models_dir / "mova" / name
+        shutil.rmtree(dest, ignore_errors=True)
+        shutil.copytree(comfy.server.models_dir / "mova" / mova_checkpoint, dest)
+        made.append(dest)
+        return name, dest
+
+    yield make
+    for dest in made:
+        shutil.rmtree(dest, ignore_errors=True)
+
+
+def _readable_failure(comfy, result) -> str:
+    assert result.status == "error", f"expected an error, got {result.status}: {result.error}"
+    assert comfy.server.alive(), "the server died:\n" + comfy.server.log_tail(40)
+    exc_type = result.error_details.get("exception_type", "")
+    assert exc_type.rsplit(".", 1)[-1] in READABLE_ERRORS, (exc_type, result.error)
+    message = result.error or ""
+    assert message and not any(word in message for word in RAW_TORCH_WORDS), message
+    return message
+
+
+def test_shard_truncated_between_two_runs_is_a_readable_error_and_the_server_lives(comfy, checkpoint_copy):
+    name, folder = checkpoint_copy("mova-changing")
+    first = comfy.run(patch_for_speed(load_api("i2va"), name, seed=11, prefix="mova_test/changing"), timeout=300)
+    assert first.status == "success", first.error
+
+    shard = max((folder / "video_dit_2").glob("*.safetensors"), key=lambda p: p.stat().st_size)
+    data = shard.read_bytes()
+    os.truncate(shard, len(data) // 2)  # `truncate -s 50%`: a re-download or a full disk
+    before = output_files(comfy)
+    wf = patch_for_speed(load_api("i2va"), name, seed=12, prefix="mova_test/changing")
+    result = comfy.run(wf, timeout=300)
+    message = _readable_failure(comfy, result)
+    assert "not a usable MOVA checkpoint" in message and "changed on disk" in message, message
+    assert "video_dit_2" in message and shard.name in message and "truncated" in message, message
+    assert output_files(comfy) == before, "a failed run wrote files"
+
+    shard.write_bytes(data)  # restored: the next run works with the same (cached) Loader output
+    after = comfy.run(patch_for_speed(load_api("i2va"), name, seed=13, prefix="mova_test/changing"), timeout=300)
+    assert after.status == "success", after.error
+    assert [p for p in after.outputs if p.suffix == ".mp4"]
