@@ -36,7 +36,9 @@ from torch.nn.modules.conv import _ConvNd
 from .configs import (COMPONENT_NAMES, CONFIG_FILES, ComponentConfig, ConfigError, ModelIndex, MovaConfigs,
                       read_json)
 from ..network.ops import FP8_DTYPE, CastMixin, Operations
-from .weights import DTYPE_NAMES, CheckpointError, Problem, SafetensorsStore, TensorInfo, format_shape
+from .config_checks import bound_problems, config_problems, config_values, skeleton_limit
+from .weights import (DTYPE_NAMES, CheckpointError, Problem, SafetensorsStore, TensorInfo, format_problems,
+                      format_shape)
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +181,23 @@ _LAYOUT_CACHE: Dict[Tuple[str, str], ComponentLayout] = {}
 _LAYOUT_CACHE_SIZE = 32
 
 
-def component_layout(component: str, config: ComponentConfig) -> ComponentLayout:
+def component_layout(component: str, config: ComponentConfig, store: Optional[SafetensorsStore] = None) -> ComponentLayout:
     """`ComponentLayout` of `component` built from `config` (meta device; cached by config content, so
-    reopening a checkpoint does not rebuild the modules). Treat the result as read-only."""
+    reopening a checkpoint does not rebuild the modules). Treat the result as read-only.
+
+    With `store`, the build stops (`config_checks.SkeletonTooLarge`) as soon as the module outgrows what the
+    stored tensors could fill; without it, the config's numbers must be within `ARCHITECTURE_BOUNDS`."""
     cache_key = (component, json.dumps(config.to_dict(), sort_keys=True, default=str))
     layout = _LAYOUT_CACHE.get(cache_key)
     if layout is None:
-        layout = layout_of_module(component, build_meta_module(component, config))
+        if store is None:
+            bad = bound_problems(component, config_values(config), config.source)
+            if bad:
+                raise ConfigError(format_problems(f"{component}: config.json describes no MOVA architecture", bad))
+            layout = layout_of_module(component, build_meta_module(component, config))
+        else:
+            with skeleton_limit(component, store, config.source):
+                layout = layout_of_module(component, build_meta_module(component, config))
         if len(_LAYOUT_CACHE) >= _LAYOUT_CACHE_SIZE:
             _LAYOUT_CACHE.pop(next(iter(_LAYOUT_CACHE)))
         _LAYOUT_CACHE[cache_key] = layout
@@ -370,9 +382,10 @@ class MovaCheckpoint:
         return self._stores[component]
 
     def layout(self, component: str) -> ComponentLayout:
-        """What the component's module expects (built once on the meta device from its config)."""
+        """What the component's module expects (built once on the meta device from its config, never larger
+        than the component's stored tensors could fill)."""
         if component not in self._layouts:
-            self._layouts[component] = component_layout(component, self.config(component))
+            self._layouts[component] = component_layout(component, self.config(component), self.store(component))
         return self._layouts[component]
 
     def expected_tensors(self, component: str) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
@@ -380,26 +393,38 @@ class MovaCheckpoint:
         Stored tensors may be BF16/F16/F32 whatever the dtype here (see the module docstring)."""
         return dict(self.layout(component).tensors)
 
+    def cheap_problems(self, component: str) -> List[Problem]:
+        """Problems found without building anything: the files' headers, then the config's numbers against
+        what the headers show and against sane bounds (`config_checks`). Milliseconds, whatever the config."""
+        store = self.store(component)
+        if store.problems:
+            return list(store.problems)
+        config = self.config(component)
+        return config_problems(component, config_values(config), store, config.source)
+
     def component_problems(self, component: str) -> List[Problem]:
-        """Problems of one weight component, from headers only (cached)."""
+        """Problems of one weight component, from headers only (cached). The module's meta skeleton is built
+        only when the cheap checks pass, and never larger than the stored tensors could fill."""
         if component not in self._problems:
-            store = self.store(component)
-            config = self.config(component)
-            if store.problems:
-                problems = list(store.problems)
-            else:
+            problems = self.cheap_problems(component)
+            if not problems:
+                config = self.config(component)
                 try:
                     layout = self.layout(component)
                 except (ConfigError, ValueError, TypeError) as exc:
                     problems = [_problem(component, f"cannot build the module its config.json describes ({exc})",
                                          file=config.source)]
                 else:
-                    problems = compare_with_layout(layout, store, config.source)
+                    problems = compare_with_layout(layout, self.store(component), config.source)
             self._problems[component] = problems
         return self._problems[component]
 
     def problems(self) -> List[Problem]:
-        """Every problem of every weight component (reads only safetensors headers)."""
+        """Every problem of every weight component (reads only safetensors headers). When a cheap check fails
+        anywhere, those problems are reported without building any module skeleton."""
+        cheap = [p for c in WEIGHT_COMPONENTS if c not in self._problems for p in self.cheap_problems(c)]
+        if cheap:
+            return [p for c in WEIGHT_COMPONENTS for p in (self._problems.get(c) or self.cheap_problems(c))]
         return [p for c in WEIGHT_COMPONENTS for p in self.component_problems(c)]
 
     def validate(self) -> "MovaCheckpoint":

@@ -67,3 +67,30 @@ def test_shard_truncated_between_two_runs_is_a_readable_error_and_the_server_liv
     after = comfy.run(patch_for_speed(load_api("i2va"), name, seed=13, prefix="mova_test/changing"), timeout=300)
     assert after.status == "success", after.error
     assert [p for p in after.outputs if p.suffix == ".mp4"]
+
+
+def test_config_with_a_million_layers_is_refused_by_the_loader_in_well_under_a_second(comfy, checkpoint_copy):
+    name, folder = checkpoint_copy("mova-million-layers")
+    config = folder / "video_dit" / "config.json"
+    data = json.loads(config.read_text())
+    data["num_layers"] = 1_000_000
+    config.write_text(json.dumps(data))
+    wf = patch_for_speed(load_api("i2va"), name, seed=21, prefix="mova_test/million")
+    loader = node_of(wf, "MovaLoader")
+    stamps = {}
+
+    def on_event(event):
+        data = event.get("data") or {}
+        if event["type"] == "executing" and str(data.get("node")) == loader:
+            stamps.setdefault("loader", time.monotonic())
+        elif event["type"] == "execution_error":
+            stamps["error"] = time.monotonic()
+
+    rss_before = comfy.rss_bytes()
+    result = comfy.run(wf, timeout=120, on_event=on_event)
+    message = _readable_failure(comfy, result)
+    assert str(result.error_details["node_id"]) == loader
+    assert "video_dit / num_layers" in message and "1000000" in message and "found 3" in message, message
+    seconds = stamps["error"] - stamps["loader"]
+    assert seconds < 1.0, f"the Loader took {seconds:.2f} s to refuse the config"
+    assert comfy.rss_bytes() - rss_before < 200 * 2**20, "the server grew while checking the config"
