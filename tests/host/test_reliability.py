@@ -94,3 +94,53 @@ def test_config_with_a_million_layers_is_refused_by_the_loader_in_well_under_a_s
     seconds = stamps["error"] - stamps["loader"]
     assert seconds < 1.0, f"the Loader took {seconds:.2f} s to refuse the config"
     assert comfy.rss_bytes() - rss_before < 200 * 2**20, "the server grew while checking the config"
+
+
+def test_a_clip_too_large_for_host_ram_is_refused_by_the_conditioner_with_the_plan(comfy, mova_checkpoint):
+    wf = patch_for_speed(load_api("i2va"), mova_checkpoint, width=4096, height=4096, frames=1025, seed=31,
+                         prefix="mova_test/too_large")
+    conditioner = node_of(wf, "MovaTextImageConditioner")
+    before = output_files(comfy)
+    rss_before = comfy.rss_bytes()
+    result = comfy.run(wf, timeout=120)
+    message = _readable_failure(comfy, result)
+    assert str(result.error_details["node_id"]) == conditioner
+    assert "does not fit in the memory available" in message and "4096x4096, 1025 frames" in message, message
+    assert "GB available" in message and "needs" in message and "what would fit:" in message, message
+    assert output_files(comfy) == before
+    assert comfy.rss_bytes() - rss_before < 500 * 2**20, "the server grew before refusing the clip"
+
+
+def test_interrupt_during_the_conditioners_vae_encode_stops_between_chunks(comfy, mova_checkpoint):
+    """256x256x97 is 25 encoder chunks of the tiny VAE (about a minute on 2 busy cores): the interrupt sent
+    while the Conditioner encodes must end the run within a few chunks, not after the whole clip."""
+    wf = patch_for_speed(load_api("i2va"), mova_checkpoint, width=256, height=256, frames=97, seed=41,
+                         prefix="mova_test/vae_interrupt")
+    conditioner = node_of(wf, "MovaTextImageConditioner")
+    log_offset = len(comfy.server.log_text())
+    stamps = {}
+
+    def on_event(event):
+        data = event.get("data") or {}
+        if event["type"] == "executing" and str(data.get("node")) == conditioner and "start" not in stamps:
+            stamps["start"] = time.monotonic()
+            # the VAE encode starts once the prompts are encoded (the text encoder is released right after)
+            deadline = time.monotonic() + 60
+            while "released text_encoder" not in comfy.server.log_text()[log_offset:] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(1.0)
+            stamps["interrupt"] = time.monotonic()
+            comfy.interrupt()
+        elif event["type"] in ("execution_interrupted", "execution_success", "execution_error"):
+            stamps["end"] = time.monotonic()
+
+    before = output_files(comfy)
+    result = comfy.run(wf, timeout=300, on_event=on_event)
+    assert result.status == "interrupted", f"{result.status}: {result.error}"
+    interrupted = [e for e in result.events if e["type"] == "execution_interrupted"]
+    assert str(interrupted[0]["data"]["node_id"]) == conditioner
+    assert "released text_encoder" in comfy.server.log_text()[log_offset:]
+    print(f"\ninterrupt -> end of run: {stamps['end'] - stamps['interrupt']:.2f} s")
+    assert stamps["end"] - stamps["interrupt"] < 15.0, stamps
+    assert output_files(comfy) == before
+    assert comfy.server.alive()
