@@ -385,7 +385,9 @@ class MovaCheckpoint:
         """What the component's module expects (built once on the meta device from its config, never larger
         than the component's stored tensors could fill)."""
         if component not in self._layouts:
-            self._layouts[component] = component_layout(component, self.config(component), self.store(component))
+            store = self._stores.get(component)  # the files checked so far, if any (a layout needs no file)
+            usable = store if store is not None and store.tensors and not store.problems else None
+            self._layouts[component] = component_layout(component, self.config(component), usable)
         return self._layouts[component]
 
     def expected_tensors(self, component: str) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:

@@ -132,3 +132,16 @@ def test_released_architecture_passes_every_check(shared_dir, component):
         with skeleton_limit(component, store):
             layout = layout_of_module(component, build_meta_module(component, config))
         assert len(layout.tensors) <= len(store.tensors) + 1  # tied text-encoder key
+
+
+@pytest.mark.parametrize("check", [False, True], ids=["describe", "describe-check"])
+def test_describe_reports_a_million_layers_instead_of_building_them(tiny_checkpoint_dir, tmp_path, repo_root, check):
+    bad = _edited_copy(tiny_checkpoint_dir, tmp_path, "video_dit", num_layers=1_000_000)
+    env = dict(os.environ, PYTHONPATH=str(repo_root))
+    command = [sys.executable, "-m", "mova_model", "describe", str(bad), "--summary"] + (["--check"] if check else [])
+    try:
+        result = subprocess.run(command, cwd=repo_root, env=env, capture_output=True, text=True, timeout=180)
+    except subprocess.TimeoutExpired:
+        pytest.fail("describe on a 1000000-layer config did not finish within 180 s")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "video_dit / num_layers" in result.stderr and "1000000" in result.stderr, result.stderr[-2000:]
