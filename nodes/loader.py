@@ -45,7 +45,7 @@ def plan_summary(pipeline: MovaPipeline, name: str) -> str:
     head = f"{name}: compute {str(pipeline.dtype).replace('torch.', '')} on {pipeline.device}"
     if pipeline.device.type != "cuda":
         return (head + "\nCPU: weights stay memory-mapped from the checkpoint files and every layer computes from "
-                "them; no VRAM plan applies.")
+                "them; each clip is planned against the host RAM available when it is conditioned.")
     return head + "\n" + pipeline.memory_plan().format()
 
 
@@ -111,6 +111,9 @@ class MovaLoader(io.ComfyNode):
         pipeline = MovaPipeline.from_pretrained(folder, device=torch_device, dtype=torch_dtype, memory=memory)
         if torch_device.type == "cuda":
             pipeline.free_vram_probe = host_vram_probe(torch_device)
+        import comfy.model_management as mm
+
+        pipeline.interrupt_check = mm.throw_exception_if_processing_interrupted  # between VAE chunks
         plan = plan_summary(pipeline, checkpoint)
         logger.info("MOVA Loader: %s", plan)
         return io.NodeOutput(MovaModelHandle(pipeline=pipeline, name=checkpoint, plan_text=plan), plan)

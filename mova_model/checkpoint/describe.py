@@ -84,7 +84,13 @@ def describe(folder: Path | str, check: bool = False) -> Tuple[List[str], List[P
     layouts: Dict[str, ComponentLayout] = {}
     lines: List[str] = []
     for name in WEIGHT_COMPONENTS:
-        layout = checkpoint.layout(name) if checkpoint else component_layout(name, getattr(configs, name))
+        if checkpoint is not None and checkpoint.component_problems(name) and checkpoint.cheap_problems(name):
+            continue  # its config does not match its tensors (listed in problems): no skeleton is built
+        try:
+            layout = checkpoint.layout(name) if checkpoint else component_layout(name, getattr(configs, name))
+        except (ConfigError, ValueError) as exc:  # a config out of bounds, a skeleton larger than the files
+            problems.append(Problem(name, f"cannot build the module its config.json describes ({exc})"))
+            continue
         layouts[name] = layout
         for key, (shape, _) in layout.tensors.items():
             dtype = _stored_dtype(layout, key, checkpoint) if checkpoint else DEFAULT_DTYPE

@@ -27,7 +27,7 @@ import logging
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, List, Optional, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -36,7 +36,9 @@ from torch.nn.modules.conv import _ConvNd
 from .configs import (COMPONENT_NAMES, CONFIG_FILES, ComponentConfig, ConfigError, ModelIndex, MovaConfigs,
                       read_json)
 from ..network.ops import FP8_DTYPE, CastMixin, Operations
-from .weights import DTYPE_NAMES, CheckpointError, Problem, SafetensorsStore, TensorInfo, format_shape
+from .config_checks import bound_problems, config_problems, config_values, skeleton_limit
+from .weights import (DTYPE_NAMES, CheckpointError, Problem, SafetensorsStore, TensorInfo, format_problems,
+                      format_shape)
 
 logger = logging.getLogger(__name__)
 
@@ -179,13 +181,23 @@ _LAYOUT_CACHE: Dict[Tuple[str, str], ComponentLayout] = {}
 _LAYOUT_CACHE_SIZE = 32
 
 
-def component_layout(component: str, config: ComponentConfig) -> ComponentLayout:
+def component_layout(component: str, config: ComponentConfig, store: Optional[SafetensorsStore] = None) -> ComponentLayout:
     """`ComponentLayout` of `component` built from `config` (meta device; cached by config content, so
-    reopening a checkpoint does not rebuild the modules). Treat the result as read-only."""
+    reopening a checkpoint does not rebuild the modules). Treat the result as read-only.
+
+    With `store`, the build stops (`config_checks.SkeletonTooLarge`) as soon as the module outgrows what the
+    stored tensors could fill; without it, the config's numbers must be within `ARCHITECTURE_BOUNDS`."""
     cache_key = (component, json.dumps(config.to_dict(), sort_keys=True, default=str))
     layout = _LAYOUT_CACHE.get(cache_key)
     if layout is None:
-        layout = layout_of_module(component, build_meta_module(component, config))
+        if store is None:
+            bad = bound_problems(component, config_values(config), config.source)
+            if bad:
+                raise ConfigError(format_problems(f"{component}: config.json describes no MOVA architecture", bad))
+            layout = layout_of_module(component, build_meta_module(component, config))
+        else:
+            with skeleton_limit(component, store, config.source):
+                layout = layout_of_module(component, build_meta_module(component, config))
         if len(_LAYOUT_CACHE) >= _LAYOUT_CACHE_SIZE:
             _LAYOUT_CACHE.pop(next(iter(_LAYOUT_CACHE)))
         _LAYOUT_CACHE[cache_key] = layout
@@ -335,6 +347,7 @@ class MovaCheckpoint:
         self._stores: Dict[str, SafetensorsStore] = {}
         self._layouts: Dict[str, ComponentLayout] = {}
         self._problems: Dict[str, List[Problem]] = {}
+        self._changed_broken: set = set()
 
     @classmethod
     def open(cls, folder: Path | str, validate: bool = False) -> "MovaCheckpoint":
@@ -369,9 +382,12 @@ class MovaCheckpoint:
         return self._stores[component]
 
     def layout(self, component: str) -> ComponentLayout:
-        """What the component's module expects (built once on the meta device from its config)."""
+        """What the component's module expects (built once on the meta device from its config, never larger
+        than the component's stored tensors could fill)."""
         if component not in self._layouts:
-            self._layouts[component] = component_layout(component, self.config(component))
+            store = self._stores.get(component)  # the files checked so far, if any (a layout needs no file)
+            usable = store if store is not None and store.tensors and not store.problems else None
+            self._layouts[component] = component_layout(component, self.config(component), usable)
         return self._layouts[component]
 
     def expected_tensors(self, component: str) -> Dict[str, Tuple[Tuple[int, ...], torch.dtype]]:
@@ -379,26 +395,38 @@ class MovaCheckpoint:
         Stored tensors may be BF16/F16/F32 whatever the dtype here (see the module docstring)."""
         return dict(self.layout(component).tensors)
 
+    def cheap_problems(self, component: str) -> List[Problem]:
+        """Problems found without building anything: the files' headers, then the config's numbers against
+        what the headers show and against sane bounds (`config_checks`). Milliseconds, whatever the config."""
+        store = self.store(component)
+        if store.problems:
+            return list(store.problems)
+        config = self.config(component)
+        return config_problems(component, config_values(config), store, config.source)
+
     def component_problems(self, component: str) -> List[Problem]:
-        """Problems of one weight component, from headers only (cached)."""
+        """Problems of one weight component, from headers only (cached). The module's meta skeleton is built
+        only when the cheap checks pass, and never larger than the stored tensors could fill."""
         if component not in self._problems:
-            store = self.store(component)
-            config = self.config(component)
-            if store.problems:
-                problems = list(store.problems)
-            else:
+            problems = self.cheap_problems(component)
+            if not problems:
+                config = self.config(component)
                 try:
                     layout = self.layout(component)
                 except (ConfigError, ValueError, TypeError) as exc:
                     problems = [_problem(component, f"cannot build the module its config.json describes ({exc})",
                                          file=config.source)]
                 else:
-                    problems = compare_with_layout(layout, store, config.source)
+                    problems = compare_with_layout(layout, self.store(component), config.source)
             self._problems[component] = problems
         return self._problems[component]
 
     def problems(self) -> List[Problem]:
-        """Every problem of every weight component (reads only safetensors headers)."""
+        """Every problem of every weight component (reads only safetensors headers). When a cheap check fails
+        anywhere, those problems are reported without building any module skeleton."""
+        cheap = [p for c in WEIGHT_COMPONENTS if c not in self._problems for p in self.cheap_problems(c)]
+        if cheap:
+            return [p for c in WEIGHT_COMPONENTS for p in (self._problems.get(c) or self.cheap_problems(c))]
         return [p for c in WEIGHT_COMPONENTS for p in self.component_problems(c)]
 
     def validate(self) -> "MovaCheckpoint":
@@ -408,6 +436,39 @@ class MovaCheckpoint:
             raise CheckpointError.from_problems(f"{self.root} is not a usable MOVA checkpoint", problems)
         return self
 
+    def changed_components(self, components: Optional[Sequence[str]] = None) -> List[str]:
+        """Components (of `components`, default all) whose weight files were checked and have changed on disk
+        since (size, mtime, inode or header: `SafetensorsStore.changed_files`). Reads headers only."""
+        names = WEIGHT_COMPONENTS if components is None else components
+        return [c for c in names if c in self._stores and self._stores[c].is_stale()]
+
+    def recheck(self, components: Optional[Sequence[str]] = None) -> List[str]:
+        """Re-open and re-validate every component whose files changed since they were checked; -> the changed
+        components. Raises the `CheckpointError` of a load when a changed file is no longer usable.
+
+        Memory-mapped weights of a changed file must not be touched again (a truncated file kills the
+        process with SIGBUS): callers drop the modules built from the changed components first.
+        """
+        changed = self.changed_components(components)
+        for component in changed:
+            files = self._stores[component].changed_files()
+            logger.warning("%s: %s changed on disk since the checkpoint was checked; checking again", component,
+                           ", ".join(files))
+            del self._stores[component]
+            self._problems.pop(component, None)
+            if self.component_problems(component):
+                self._changed_broken.add(component)
+            else:
+                self._changed_broken.discard(component)
+        # a component whose files broke after loading stays refused until its files change again
+        names = WEIGHT_COMPONENTS if components is None else components
+        broken = [c for c in names if c in self._changed_broken]
+        if broken:
+            raise CheckpointError.from_problems(
+                f"{self.root} is not a usable MOVA checkpoint (weight files of {', '.join(broken)} changed on disk "
+                "since it was loaded)", [p for c in broken for p in self._problems[c]])
+        return changed
+
     def build(self, component: str, dtype: Optional[torch.dtype] = None, device: torch.device | str = "cpu") -> nn.Module:
         """The component's module with its weights assigned (`load_state_dict(assign=True, strict=True)`).
 
@@ -416,10 +477,7 @@ class MovaCheckpoint:
         stored (the layers dequantize at forward). On `device` other than CPU each tensor is copied there.
         The module is returned in eval mode with `requires_grad=False`.
         """
-        if component in self._stores and self._stores[component].is_stale():
-            logger.info("%s: files changed on disk since they were checked; checking them again", component)
-            del self._stores[component]
-            self._problems.pop(component, None)
+        self.recheck([component])
         problems = self.component_problems(component)
         if problems:
             raise CheckpointError.from_problems(f"{self.root}: cannot load {component}", problems)

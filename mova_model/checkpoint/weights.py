@@ -13,6 +13,7 @@ time, so a caller can report every problem of a checkpoint in one `CheckpointErr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -211,6 +212,35 @@ def read_safetensors_header(path: Path, component: str = "") -> Tuple[Dict[str, 
     return tensors, metadata, problems
 
 
+FileStamp = Tuple[int, int, int, str]
+"""(size in bytes, mtime in ns, inode, digest of the 8-byte length + JSON header) of one file."""
+
+
+def file_stamp(path: Path) -> Optional[FileStamp]:
+    """What identifies the validated version of a weight file, or None when it cannot be read.
+
+    Size and mtime catch a truncation or a rewrite, the inode a file replaced by another (a re-download
+    renamed over it), the header digest a rewrite that kept size and mtime (`cp -p`, `touch -r`). Only the
+    header is read (a few KB to a few MB), never tensor bytes.
+    """
+    try:
+        stat = path.stat()
+        digest = hashlib.blake2b(digest_size=16)
+        if path.name.endswith(".safetensors"):
+            with open(path, "rb") as handle:
+                prefix = handle.read(8)
+                digest.update(prefix)
+                if len(prefix) == 8:
+                    (header_len,) = struct.unpack("<Q", prefix)
+                    if 8 + header_len <= stat.st_size and header_len <= MAX_HEADER_BYTES:
+                        digest.update(handle.read(header_len))
+        else:  # the sharding index: small JSON, hash it whole
+            digest.update(path.read_bytes())
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns, stat.st_ino, digest.hexdigest()
+
+
 class SafetensorsStore:
     """All tensors of the `*.safetensors` files of one folder, by key, read lazily and memory-mapped.
 
@@ -230,20 +260,24 @@ class SafetensorsStore:
         self._stamps = self._file_stamps()
         self._scan()
 
-    def _file_stamps(self) -> Dict[str, Tuple[int, int]]:
+    def _file_stamps(self) -> Dict[str, FileStamp]:
         stamps = {}
         if self.folder.is_dir():
             for path in sorted(self.folder.glob("*.safetensors*")):
-                try:
-                    stat = path.stat()
-                except OSError:
-                    continue
-                stamps[path.name] = (stat.st_size, stat.st_mtime_ns)
+                stamp = file_stamp(path)
+                if stamp is not None:
+                    stamps[path.name] = stamp
         return stamps
+
+    def changed_files(self) -> List[str]:
+        """Names of the safetensors/index files added, removed or rewritten (size, mtime, inode or header)
+        since the headers were checked; empty when the folder still holds exactly the validated files."""
+        now = self._file_stamps()
+        return sorted(name for name in now.keys() | self._stamps.keys() if now.get(name) != self._stamps.get(name))
 
     def is_stale(self) -> bool:
         """True when the folder's safetensors/index files changed (added, removed, rewritten) since the scan."""
-        return self._file_stamps() != self._stamps
+        return bool(self.changed_files())
 
     def _problem(self, message: str, **kw) -> None:
         self.problems.append(Problem(self.component, message, **kw))

@@ -68,9 +68,19 @@ class ComponentCache:
         self.resident: Dict[str, bool] = {}
         self.materialized: Counter = Counter()
 
+    def verify_files(self, components=None) -> None:
+        """Before a run: drop every module built from weight files that changed on disk since they were checked
+        (its memory-mapped pages may be gone: touching them would kill the process with SIGBUS), then re-validate
+        those files; raises the loader's `CheckpointError` when they are no longer usable."""
+        for name in self.checkpoint.changed_components(components):
+            self.release(name)
+        self.checkpoint.recheck(components)
+
     def get(self, name: str, dtype: Optional[torch.dtype] = None, resident: bool = True) -> nn.Module:
-        """The module, built if needed. `resident=False` keeps it in host memory (for the block streamer)."""
+        """The module, built if needed. `resident=False` keeps it in host memory (for the block streamer).
+        A module whose files changed on disk since it was built is dropped and its files checked again."""
         resident = resident or self.device.type == "cpu"
+        self.verify_files([name])
         if name in self.modules and self.resident[name] != resident:
             self.release(name)
         if name not in self.modules:

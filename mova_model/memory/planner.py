@@ -25,9 +25,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .sizes import (DEFAULT_TFLOPS, GB, HOST_COPY_GBPS, RUNTIME_HOST_BYTES, Architecture,
-                                     ModulePlan, PlanInputs, activation_bytes, execution_modules, margin_bytes,
-                                     vae_bytes)
+from .sizes import (DEFAULT_TFLOPS, GB, HOST_COPY_GBPS, RUNTIME_HOST_BYTES, Architecture, ModulePlan,
+                    PlanInputs, activation_bytes, execution_modules, host_vae_bytes, margin_bytes, vae_bytes)
 
 logger = logging.getLogger(__name__)
 
@@ -56,15 +55,23 @@ class MemoryPlan:
     step_s: float
     problems: List[str] = field(default_factory=list)
     notes: List[str] = field(default_factory=list)
+    ram_phases: Dict[str, float] = field(default_factory=dict)
+    """Peak host RAM by phase (bytes), for a CPU run (mode "cpu"), reserve included."""
 
     @property
     def vram_peak_bytes(self) -> float:
-        return max(self.vram_phases.values())
+        return max(self.vram_phases.values(), default=0.0)
 
     @property
     def overhead(self) -> float:
         """Predicted step-time overhead of streaming (and fp8 dequantization) over all-resident compute."""
-        return self.step_s / self.compute_s_per_step - 1.0
+        return self.step_s / self.compute_s_per_step - 1.0 if self.compute_s_per_step else 0.0
+
+    def phase_fits(self, phase: str) -> bool:
+        """Whether one phase ("VAE encode", "VAE decode", ...) fits its budget (host RAM on the CPU, else VRAM)."""
+        if self.mode == "cpu":
+            return self.ram_phases.get(phase, 0.0) <= self.inputs.ram_bytes
+        return self.vram_phases.get(phase, 0.0) <= self.inputs.vram_bytes
 
     def resident_names(self) -> set:
         return {m.name for m in self.modules if m.resident}
@@ -90,6 +97,12 @@ class MemoryPlan:
         """Human-readable table (log, Loader node, `python -m mova_model plan`)."""
         i = self.inputs
         g = lambda b: f"{b / GB:6.2f} GB"  # noqa: E731
+        if self.mode == "cpu":
+            lines = [f"MOVA memory plan (CPU): {i.width}x{i.height}, {i.frames} frames, {8 * i.compute_bytes}-bit compute",
+                     f"  budget            host RAM {g(i.ram_bytes)}",
+                     f"  fits: {'yes' if self.fits else 'NO'}", "  peak host RAM by phase (reserve included):"]
+            lines += [f"    {k:<16}{g(v)}" for k, v in self.ram_phases.items()]
+            return "\n".join(lines + [f"  problem: {p}" for p in self.problems] + [f"  note: {n}" for n in self.notes])
         kinds = {"video": "video expert blocks", "audio": "audio DiT blocks", "a2v": "bridge audio->video",
                  "v2a": "bridge video->audio"}
         lines = [f"MOVA memory plan{' (' + i.variant + ')' if i.variant else ''}: {i.width}x{i.height}, {i.frames} frames, "
@@ -221,10 +234,52 @@ def _fill_resident(base: Sequence[ModulePlan], depth: int, room: float) -> Tuple
     return modules, float(slots), float(room)
 
 
-def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None) -> MemoryPlan:
-    """Decide residency, streaming, prefetch depth, text-encoder placement and VAE tiling; predict costs."""
+def _plan_host(inputs: PlanInputs, arch: Architecture) -> MemoryPlan:
+    """A CPU run: every phase in host RAM (`inputs.ram_bytes`, what the OS reports available or the user's
+    budget), a reserve included. The text encoder is cast to the compute dtype (anonymous memory) and released
+    after encoding; the video VAE (float32) stays built from the encode on; the DiTs compute from their
+    memory-mapped files (page cache: reclaimable, so a note rather than a refusal when they do not fit)."""
+    cb = inputs.compute_bytes
+    margin = margin_bytes(inputs.ram_bytes)
+    layer, other = arch.text_encoder_params()
+    vae_weights = 4.0 * arch.vae_params
+    modules = [replace(m, resident=True) for m in execution_modules(arch, replace(inputs, weights="bf16"))]
+    dit_weights = float(sum(m.nbytes for m in modules) + _stem_bytes(arch))
+    latents = (4 + 2 * 16) * inputs.video_tokens * 4 * 4.0  # noise, condition, latents, velocity (float32)
+    decoded = 3.0 * inputs.frames * inputs.width * inputs.height * 4
+    phases = {
+        "text encode": (layer * arch.te_layers + other) * cb + 0.5 * GB,
+        "VAE encode": host_vae_bytes(arch, inputs, "VAE encode"),
+        "denoise": vae_weights + activation_bytes(arch, inputs) * cb / 2.0 + latents,
+        "VAE decode": host_vae_bytes(arch, inputs, "VAE decode"),
+        "audio decode": vae_weights + 4.0 * arch.audio_vae_params + decoded + 1.0 * GB,
+    }
+    phases = {k: v + margin for k, v in phases.items()}
+    problems, notes = [], []
+    peak_phase = max(phases, key=phases.get)
+    if phases[peak_phase] > inputs.ram_bytes:
+        problems.append(f"host RAM: this clip needs {phases[peak_phase] / GB:.1f} GB at its peak ({peak_phase}), "
+                        f"{inputs.ram_bytes / GB:.1f} GB available")
+    if phases["denoise"] + dit_weights > inputs.ram_bytes:
+        notes.append(f"the DiT weights ({dit_weights / GB:.1f} GB as stored) do not stay in the page cache beside "
+                     "the denoise working set: every step re-reads part of them from disk")
+    return MemoryPlan(
+        inputs=inputs, fits=not problems, mode="cpu", prefetch_depth=0, pin="none", modules=modules,
+        text_encoder="cpu", vae_tiled=False, vram_phases={}, vram_denoise={}, host_ram_bytes=phases[peak_phase],
+        page_cache_bytes=dit_weights, bytes_per_step=0.0, compute_s_per_step=0.0, step_s=0.0, problems=problems,
+        notes=notes, ram_phases=phases)
+
+
+def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bool = True) -> MemoryPlan:
+    """Decide residency, streaming, prefetch depth, text-encoder placement and VAE tiling; predict costs.
+    For `inputs.device == "cpu"`: every phase's host RAM against the RAM budget."""
     inputs.validate()
     arch = arch or Architecture.released()
+    if inputs.device == "cpu":
+        plan = _plan_host(inputs, arch)
+        if log:
+            logger.info("memory plan:\n%s", plan.format())
+        return plan
     vram, fp8 = inputs.vram_bytes, inputs.weights == "fp8"
     margin = margin_bytes(vram)
     base = [replace(m) for m in execution_modules(arch, inputs)]
@@ -282,6 +337,9 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None) -> Memo
                      "folder (`python -m mova_model quantize`) avoids that copy")
     if anon > inputs.ram_bytes:
         problems.append(f"host RAM: {anon / GB:.1f} GB needed, budget {inputs.ram_bytes / GB:.1f} GB")
+    frames_host = RUNTIME_HOST_BYTES + 2.0 * 3 * inputs.frames * inputs.width * inputs.height * 4
+    if frames_host > inputs.ram_bytes:  # the decoded clip comes back to the host as float32 frames
+        problems.append(f"host RAM: the decoded frames need {frames_host / GB:.1f} GB, budget {inputs.ram_bytes / GB:.1f} GB")
     if host.from_disk:
         notes.append("the streamed weights do not fit the page cache next to the budget: every step re-reads "
                      f"them from disk (~{inputs.disk_gbps:.0f} GB/s)" + ("" if fp8 else "; fp8 weights halve them"))
@@ -297,8 +355,49 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None) -> Memo
         vram_phases=phases, vram_denoise=vram_denoise, host_ram_bytes=anon, page_cache_bytes=page_cache,
         bytes_per_step=passes * streamed_b, compute_s_per_step=passes * compute_s, step_s=passes * pass_s,
         problems=problems, notes=notes)
-    logger.info("memory plan:\n%s", plan.format())
+    if log:
+        logger.info("memory plan:\n%s", plan.format())
     return plan
+
+
+def what_would_fit(inputs: PlanInputs, arch: Optional[Architecture] = None, phase: Optional[str] = None) -> str:
+    """For a clip that does not fit: the most frames that fit at its size, and the largest size (same aspect
+    ratio, multiples of 16) that fits with its frame count; `phase` limits the test to one phase."""
+    arch = arch or Architecture.released()
+
+    def fits(candidate: PlanInputs) -> bool:
+        plan = plan_memory(candidate, arch, log=False)
+        return plan.phase_fits(phase) if phase else plan.fits
+
+    def largest(lo: int, hi: int, ok) -> Optional[int]:
+        """Largest n in [lo, hi] with ok(n), assuming ok is monotone; None if none."""
+        best = None
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            if ok(mid):
+                best, lo = mid, mid + 1
+            else:
+                hi = mid - 1
+        return best
+
+    w, h, f = inputs.width, inputs.height, inputs.frames
+    options = []
+    k = largest(0, (f - 1) // 4 - 1, lambda k: fits(replace(inputs, frames=4 * k + 1)))
+    if k is not None:
+        options.append(f"{w}x{h} with at most {4 * k + 1} frames")
+
+    def scaled(j: int) -> Tuple[int, int]:  # the longer side 16·j, the other in proportion, both multiples of 16
+        if w >= h:
+            return 16 * j, max(16, int(round(h * j / w)) * 16)
+        return max(16, int(round(w * j / h)) * 16), 16 * j
+    j = largest(1, max(w, h) // 16 - 1, lambda j: fits(replace(inputs, width=scaled(j)[0], height=scaled(j)[1])))
+    if j is not None:
+        sw, sh = scaled(j)
+        options.append(f"{sw}x{sh} with {f} frames")
+    if not options:
+        return ("no smaller size or frame count would fit (what does not fit here does not depend on the clip): "
+                "free memory, or choose a smaller compute dtype")
+    return "what would fit: " + " or ".join(options)
 
 
 def free_vram_bytes(device) -> float:
@@ -313,14 +412,19 @@ def free_vram_bytes(device) -> float:
 
 
 def available_ram_bytes() -> float:
-    """MemAvailable from /proc/meminfo in bytes (Linux); 0 when unknown."""
+    """MemAvailable from /proc/meminfo in bytes (Linux), else psutil's `available` when installed (ComfyUI
+    ships it); 0 when unknown."""
     try:
         for line in Path("/proc/meminfo").read_text().splitlines():
             if line.startswith("MemAvailable:"):
                 return float(line.split()[1]) * 1024
     except OSError:
         pass
-    return 0.0
+    try:
+        import psutil
+    except ImportError:
+        return 0.0
+    return float(psutil.virtual_memory().available)
 
 
 # --------------------------------------------------------------------------------------------------------------

@@ -30,6 +30,17 @@ VAE_BYTES_PER_PIXEL = 9216.0
 96 channels × 2 bytes at full resolution (the widest stage). An estimate, to be calibrated on a GPU."""
 VAE_TILE = 256 + 64
 """Tiled decode: 256-pixel tiles plus their blending overlap."""
+VAE_LIVE_TENSORS = 12
+VAE_CHUNK_FRAMES = 4
+"""The Wan VAE works on chunks of 4 pixel frames (encode: 4 input frames per call, decode: one latent frame ->
+4 output frames); at the widest full-resolution stage about `VAE_LIVE_TENSORS` tensors of
+`VAE_CHUNK_FRAMES × base_dim` channels are alive at once. 12 × 4 × 96 × 2 bytes = `VAE_BYTES_PER_PIXEL`.
+Measured on CPU (float32, tiny checkpoint, base_dim 8, `/proc/self` VmHWM): encode 256x256x33 +412 MB and
+512x512x9 +732 MB over the idle process, i.e. ~1,630 bytes per pixel (12 × 4 × 8 × 4 = 1,536) plus a fixed
+~0.3 GB; decode 256x256x33 +508 MB, 512x512x9 +555 MB."""
+VAE_CPU_FIXED_BYTES = 0.5 * GB
+"""Size-independent host memory of a VAE call on CPU (oneDNN convolution workspaces and primitive caches,
+allocator slack): ~0.3-0.45 GB measured (see above), rounded up."""
 RUNTIME_HOST_BYTES = 3.0 * GB
 """Host RAM of the process itself (Python, torch, CUDA host state, latents, tokenizer)."""
 HOST_COPY_GBPS = 10.0
@@ -91,6 +102,7 @@ class Architecture:
     audio_sample_rate: int
     vae_params: int = 126_892_531
     audio_vae_params: int = 371_539_137
+    vae_base_dim: int = 96
 
     @classmethod
     def from_configs(cls, configs) -> "Architecture":
@@ -99,9 +111,11 @@ class Architecture:
         shared = min(b.visual_layers, b.audio_layers)
         layers = tuple(interaction_layers(b.interaction_strategy, shared))
         te = configs.text_encoder
+        vae_raw = getattr(configs.video_vae, "raw", None) or {}
         arch = cls(TowerShape.from_config(configs.video_dit), TowerShape.from_config(configs.audio_dit), layers,
                    te.d_model, te.d_ff, te.num_heads * te.d_kv, te.num_layers, te.vocab_size, te.num_heads,
-                   configs.audio_vae.hop_length, configs.audio_vae.sample_rate)
+                   configs.audio_vae.hop_length, configs.audio_vae.sample_rate,
+                   vae_base_dim=int(vae_raw.get("decoder_base_dim") or vae_raw.get("base_dim") or 96))
         if arch == replace(cls.released(), vae_params=arch.vae_params, audio_vae_params=arch.audio_vae_params):
             return arch
         # not the released architecture: count the VAEs' parameters from the safetensors headers (no weight is
@@ -113,8 +127,8 @@ class Architecture:
             store = SafetensorsStore(Path(configs.root) / name, name)
             if store.tensors and not store.problems:
                 return sum(info.numel for info in store.tensors.values())
-            from ..checkpoint.folder import build_meta_module
-            return sum(p.numel() for p in build_meta_module(name, getattr(configs, name)).parameters())
+            from ..checkpoint.folder import component_layout
+            return component_layout(name, getattr(configs, name)).params  # refuses configs out of bounds
         return replace(arch, vae_params=count("video_vae"), audio_vae_params=count("audio_vae"))
 
     @classmethod
@@ -177,6 +191,8 @@ class PlanInputs:
     disk_gbps: float = 3.0
     steps: int = 50
     variant: str = ""
+    device: str = "cuda"  # "cuda": plan VRAM (and host RAM for streaming); "cpu": everything in host RAM
+    compute_bytes: int = 2  # element size of the compute dtype (2: bf16/fp16, 4: float32)
 
     def validate(self) -> None:
         if self.weights not in ("bf16", "fp8") or self.stored not in ("bf16", "fp8"):
@@ -186,6 +202,9 @@ class PlanInputs:
         if self.width % 16 or self.height % 16 or (self.frames - 1) % 4:
             raise ValueError(f"{self.width}x{self.height}x{self.frames}: width/height must be multiples of 16 and "
                              "frames 4k+1 (e.g. 193)")
+        if self.device not in ("cuda", "cpu") or self.compute_bytes not in (1, 2, 4, 8):
+            raise ValueError(f"device must be 'cuda' or 'cpu' and compute_bytes 1, 2, 4 or 8, got {self.device!r}, "
+                             f"{self.compute_bytes}")
         if self.vram_bytes <= 0 or self.ram_bytes <= 0 or self.cfg_passes < 1:
             raise ValueError("VRAM, RAM and cfg passes must be positive")
 
@@ -275,3 +294,19 @@ def vae_bytes(arch: Architecture, inputs: PlanInputs, tiled: bool) -> float:
 def margin_bytes(vram: float) -> float:
     """Reserve for allocator fragmentation and kernels' workspaces: 0.5 GB + 5 % of the budget."""
     return 0.5 * GB + 0.05 * vram
+
+
+def host_vae_bytes(arch: Architecture, inputs: PlanInputs, phase: str, element_bytes: int = 4) -> float:
+    """Host RAM of a VAE call on the CPU (bytes), weights included; `phase` "VAE encode" or "VAE decode".
+
+    encode: the whole pixel clip `[1, 3, F, H, W]` (float32, `conditioning.first_frame_condition`) plus the
+    chunk working set; decode: the decoded clip twice (diffusers concatenates the per-frame outputs; the IMAGE
+    conversion makes the `[F, H, W, 3]` copy) plus the working set. Weights are float32 on the CPU.
+    """
+    pixels = inputs.width * inputs.height
+    clip = 3.0 * inputs.frames * pixels * element_bytes
+    work = VAE_LIVE_TENSORS * VAE_CHUNK_FRAMES * arch.vae_base_dim * element_bytes * pixels
+    weights = 4.0 * arch.vae_params
+    if phase == "VAE encode":
+        return weights + clip + work + VAE_CPU_FIXED_BYTES
+    return weights + 2.0 * clip + work + VAE_CPU_FIXED_BYTES

@@ -8,8 +8,8 @@ Mirrors `MOVA.normalize_video_latents` / `denormalize_video_latents`, the encode
 from __future__ import annotations
 
 import logging
-from contextlib import nullcontext
-from typing import Optional
+from contextlib import contextmanager, nullcontext
+from typing import Callable, Iterator, Optional
 
 import torch
 from torch import nn
@@ -54,9 +54,30 @@ class VideoVAE:
     DiTs see: `(z − mean)·(1/std)` per channel.
     """
 
-    def __init__(self, module: nn.Module, config: VideoVAEConfig) -> None:
+    def __init__(self, module: nn.Module, config: VideoVAEConfig,
+                 interrupt_check: Optional[Callable[[], None]] = None) -> None:
         self.module = module
         self.config = config
+        self.interrupt_check = interrupt_check
+        """Called before each chunk the encoder or decoder processes (diffusers calls them once per 4 pixel
+        frames / per latent frame, tiles included); raises to cancel a long encode or decode."""
+
+    @contextmanager
+    def _interruptible(self) -> Iterator[None]:
+        """Hooks `interrupt_check` onto the encoder and decoder for one call (the module is shared: no hook
+        stays behind)."""
+        if self.interrupt_check is None:
+            yield
+            return
+        check = self.interrupt_check
+        hooks = [part.register_forward_pre_hook(lambda module, args: check())
+                 for part in (getattr(self.module, "encoder", None), getattr(self.module, "decoder", None))
+                 if part is not None]
+        try:
+            yield
+        finally:
+            for hook in hooks:
+                hook.remove()
 
     @property
     def z_dim(self) -> int:
@@ -107,7 +128,8 @@ class VideoVAE:
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"video must be [B, 3, F, H, W], got {list(video.shape)}")
         video = video.to(device=self.device, dtype=self.dtype)
-        mode = self.module.encode(video).latent_dist.mode()
+        with self._interruptible():
+            mode = self.module.encode(video).latent_dist.mode()
         return mode.to(torch.float32)
 
     @torch.no_grad()
@@ -134,6 +156,6 @@ class VideoVAE:
         else:
             z = z.to(device=device, dtype=self.dtype)
             context = nullcontext()
-        with context:
+        with context, self._interruptible():
             video = self.module.decode(z).sample
         return video.to(torch.float32)

@@ -55,7 +55,8 @@ def first_frame_condition(video_vae: VideoVAE, image: torch.Tensor, num_frames: 
         raise ValueError(f"image size {height}x{width} is not a multiple of {factor}")
     t_lat = latent_frames(num_frames, int(video_vae.config.scale_factor_temporal))
     image = image.to(torch.float32)
-    clip = torch.cat([image.unsqueeze(2), image.new_zeros(1, 3, num_frames - 1, height, width)], dim=2)
+    clip = image.new_zeros(1, 3, num_frames, height, width)  # written in place: one copy of the clip, not two
+    clip[:, :, 0] = image
     latents = video_vae.encode_condition_video(clip)
     mask = first_frame_mask(num_frames, t_lat, height // factor, width // factor, device=latents.device)
     return torch.cat([mask, latents], dim=1)

@@ -121,6 +121,9 @@ class MovaPipeline:
         self.free_vram_probe: Optional[Callable[[float], float]] = None
         """probe(bytes_needed) -> free VRAM in bytes; the ComfyUI node sets it to ask the host's model management
         to make room and report what is free."""
+        self.interrupt_check: Optional[Callable[[], None]] = None
+        """Called between chunks of long work (VAE encode/decode); raises to cancel. The ComfyUI node sets it to
+        the host's interrupt check."""
 
     @classmethod
     def from_pretrained(cls, folder: Path | str, device: torch.device | str = "cpu",
@@ -132,11 +135,13 @@ class MovaPipeline:
 
     # -- memory ---------------------------------------------------------------------------------------
     def memory_plan(self, width: int = 640, height: int = 352, num_frames: int = 193, video_fps: float = 24.0,
-                    cfg_passes: int = 2, steps: int = 50, vram_bytes: Optional[float] = None):
+                    cfg_passes: int = 2, steps: int = 50, vram_bytes: Optional[float] = None, device: Optional[str] = None):
         """The `memory.planner.MemoryPlan` for a clip on this pipeline's device and memory options.
 
-        VRAM: `vram_bytes` if given, else the budget (mode "budget"), else the free VRAM reported by
-        `free_vram_probe` (the host) or by CUDA. Host RAM: the option, else what the OS reports available.
+        On a GPU: VRAM is `vram_bytes` if given, else the budget (mode "budget"), else the free VRAM reported by
+        `free_vram_probe` (the host) or by CUDA. On the CPU (or `device="cpu"`), unless a VRAM budget or
+        `vram_bytes` asks for a GPU plan: every phase in host RAM. Host RAM: the option, else what the OS
+        reports available.
         """
         from ..memory.planner import available_ram_bytes, free_vram_bytes, plan_memory
         from ..memory.quantize import stored_format
@@ -150,6 +155,12 @@ class MovaPipeline:
                             weights="fp8" if options.weights == "fp8" or stored == "fp8" else "bf16", stored=stored,
                             mode=options.mode, prefetch_depth=options.prefetch_depth)
         arch = Architecture.from_configs(self.configs)
+        if device == "cpu" or (device is None and self.device.type != "cuda" and vram_bytes is None
+                               and options.mode != "budget"):
+            if ram_bytes <= 0:  # the OS does not say: nothing to plan against
+                ram_bytes = float("inf")
+            return plan_memory(replace(inputs, device="cpu", ram_bytes=ram_bytes, compute_bytes=self.dtype.itemsize),
+                               arch)
         if vram_bytes is None:
             if options.mode == "budget":
                 vram_bytes = float(options.vram_budget_gb) * GB
@@ -161,6 +172,35 @@ class MovaPipeline:
                 vram_bytes = free_vram_bytes(self.device)
         inputs = replace(inputs, vram_bytes=max(float(vram_bytes), 1.0))
         return plan_memory(inputs, arch)
+
+    def require_fit(self, width: int, height: int, num_frames: int, video_fps: float, cfg_passes: int = 2,
+                    steps: int = 50, phase: Optional[str] = None):
+        """The memory plan of a clip, or an `InputError` with the plan's message (what it needs, what is
+        available, what would fit) when the clip (or only `phase`, e.g. "VAE decode") cannot fit. On the CPU,
+        host RAM is the budget (also when a VRAM budget is simulated there)."""
+        from ..memory.planner import what_would_fit
+        from ..memory.sizes import Architecture
+
+        plan = self.memory_plan(width, height, num_frames, video_fps, cfg_passes, steps)
+        plans = [plan]
+        if self.device.type != "cuda" and plan.mode != "cpu":
+            plans.append(self.memory_plan(width, height, num_frames, video_fps, cfg_passes, steps, device="cpu"))
+        for candidate in plans:
+            if candidate.phase_fits(phase) if phase else candidate.fits:
+                continue
+            problems = list(candidate.problems)
+            if phase and candidate.mode == "cpu":
+                problems = [f"host RAM: the {phase} needs {candidate.ram_phases[phase] / 1e9:.1f} GB, "
+                            f"{candidate.inputs.ram_bytes / 1e9:.1f} GB available"]
+            elif phase:
+                problems = [f"VRAM: the {phase} needs {candidate.vram_phases[phase] / 1e9:.1f} GB, "
+                            f"{candidate.inputs.vram_bytes / 1e9:.1f} GB available"]
+            hint = what_would_fit(candidate.inputs, Architecture.from_configs(self.configs), phase)
+            logger.info("memory plan:\n%s", candidate.format())
+            raise InputError(f"this clip ({width}x{height}, {num_frames} frames) does not fit in the memory "
+                             f"available: {'; '.join(problems)}; {hint}"
+                             + ("" if candidate.mode == "cpu" else " (or use fp8 weights, or free VRAM)"))
+        return plan
 
     # -- geometry -------------------------------------------------------------------------------------
     @property
@@ -201,8 +241,10 @@ class MovaPipeline:
         return embeds.float().to(self.device)
 
     def video_vae(self) -> VideoVAE:
+        """The Wan VAE (float32 on the CPU), checking `interrupt_check` between chunks of frames."""
         vae_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
-        return VideoVAE(self.cache.get("video_vae", dtype=vae_dtype), self.configs.video_vae)
+        return VideoVAE(self.cache.get("video_vae", dtype=vae_dtype), self.configs.video_vae,
+                        interrupt_check=self.interrupt_check)
 
     def prepare_image(self, image_uint8: Optional[np.ndarray], width: int, height: int) -> torch.Tensor:
         """First frame `[1, 3, H, W]` in [-1, 1]: center-cropped and resized like the official script, or a
@@ -220,6 +262,8 @@ class MovaPipeline:
                              num_frames: int = 193, video_fps: float = 24.0) -> Conditioning:
         """Text embeddings and first-frame condition for one clip. `image_uint8` `[h, w, 3]` uint8 or None."""
         validate_geometry(width, height, num_frames, video_fps)
+        self.cache.verify_files()
+        self.require_fit(width, height, num_frames, video_fps)  # before any work: the clip must fit whole
         if not prompt_clean(prompt or ""):
             logger.warning("the prompt is empty: the clip is generated from the first frame and the negative prompt "
                            "alone; describe what happens and what is heard")
@@ -241,6 +285,7 @@ class MovaPipeline:
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
         `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options."""
         c = conditioning
+        self.cache.verify_files()
         video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
         if noise is None:
             video_noise, audio_noise = seeded_noise(seed, video_shape, audio_shape)
@@ -257,14 +302,13 @@ class MovaPipeline:
             prompt_embeds=c.prompt_embeds.to(self.device), negative_prompt_embeds=c.negative_prompt_embeds.to(self.device),
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
             audio_noise=audio_noise.to(self.device), video_fps=c.video_fps)
-        if plan is None and (self.device.type == "cuda" or self.memory.mode == "budget"):
+        if plan is None:
             passes = len(required_branches(guidance or GuidanceConfig()))
-            plan = self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps)
-        if plan is not None:
-            logger.info("memory plan:\n%s", plan.format())
-            if not plan.fits:
-                raise InputError("this clip does not fit in the memory available: " + "; ".join(plan.problems)
-                                 + " (lower the resolution or frame count, use fp8 weights, or free VRAM)")
+            plan = self.require_fit(c.width, c.height, c.num_frames, c.video_fps, passes, steps)
+        elif not plan.fits:
+            raise InputError("this clip does not fit in the memory available: " + "; ".join(plan.problems)
+                             + " (lower the resolution or frame count, use fp8 weights, or free VRAM)")
+        logger.info("memory plan:\n%s", plan.format())
         self.last_plan = plan
         models = SamplingModels(self.cache, self.lora, plan)
         stats = SamplingStats()
@@ -282,18 +326,26 @@ class MovaPipeline:
     def decode_video_raw(self, latents: JointLatents | torch.Tensor) -> torch.Tensor:
         """Decoded video `[1, 3, F, H, W]` in [-1, 1] (official: denormalize, Wan VAE decode)."""
         video = latents.video if isinstance(latents, JointLatents) else latents
+        self.cache.verify_files()
+        vae_config = self.configs.video_vae
+        t_lat, h_lat, w_lat = (int(n) for n in video.shape[-3:])
+        self.require_fit(w_lat * vae_config.scale_factor_spatial, h_lat * vae_config.scale_factor_spatial,
+                         (t_lat - 1) * vae_config.scale_factor_temporal + 1,
+                         latents.video_fps if isinstance(latents, JointLatents) else 24.0, phase="VAE decode")
         vae = self.video_vae()
         with torch.no_grad():
             return vae.decode(video.to(self.device)).float()
 
     def decode_video(self, latents: JointLatents | torch.Tensor) -> torch.Tensor:
         """Frames `[F, H, W, 3]` float in [0, 1] (ComfyUI IMAGE layout), `(x / 2 + 0.5).clamp(0, 1)`."""
-        decoded = self.decode_video_raw(latents)
-        return (decoded[0] / 2 + 0.5).clamp(0, 1).permute(1, 2, 3, 0).contiguous().cpu()
+        frames = self.decode_video_raw(latents)[0]
+        # in place (the decoded clip is ours alone): one float32 copy of the clip less at the peak, same values
+        return frames.div_(2).add_(0.5).clamp_(0, 1).permute(1, 2, 3, 0).contiguous().cpu()
 
     def decode_audio(self, latents: JointLatents | torch.Tensor) -> Tuple[torch.Tensor, int]:
         """Waveform `[1, 1, L · hop]` float (untrimmed, as the official DAC decode) and its sample rate in Hz."""
         audio = latents.audio if isinstance(latents, JointLatents) else latents
+        self.cache.verify_files()
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
             wave = vae.decode(audio.to(self.device, torch.float32))
@@ -301,6 +353,7 @@ class MovaPipeline:
 
     def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
         """Audio latents `[1, C, L]` (posterior mean) of a mono waveform `[1, 1, S]` at the model's rate."""
+        self.cache.verify_files()
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
             padded = vae.preprocess(waveform.to(self.device, torch.float32), self.sample_rate)
@@ -309,6 +362,10 @@ class MovaPipeline:
 
     def encode_video(self, frames: torch.Tensor) -> torch.Tensor:
         """Normalized video latents `[1, z, T', H/8, W/8]` (posterior mode) of frames `[1, 3, F, H, W]` in [-1, 1]."""
+        self.cache.verify_files()
+        f, h, w = (int(n) for n in frames.shape[-3:])
+        up = lambda n, step, rest=0: -(-(n - rest) // step) * step + rest  # noqa: E731  (round up for the plan)
+        self.require_fit(up(w, 16), up(h, 16), up(max(f, 1), 4, 1), 24.0, phase="VAE encode")
         vae = self.video_vae()
         with torch.no_grad():
             return vae.normalize(vae.encode_mode(frames.to(self.device))).float()
@@ -325,6 +382,7 @@ class MovaPipeline:
         clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
                              lora=self.lora.with_patch(patch), memory=self.memory)
         clone.free_vram_probe = self.free_vram_probe
+        clone.interrupt_check = self.interrupt_check
         return clone
 
     def release_all(self) -> None:

@@ -306,9 +306,26 @@ def test_video_dit_with_another_models_shapes(ckpt):
         path.unlink()
     save_file({k: v.contiguous() for k, v in module.state_dict().items()}, str(folder / "diffusion_pytorch_model.safetensors"))
     message = validation_error(ckpt)
-    assert "video_dit: 0 of 96 expected tensors are missing and" in message
-    assert "these weights belong to another model" in message
-    assert "video_dit / text_embedding.0.weight: wrong shape (expected [72, 32], found [96, 32])" in message
+    # the widths the headers show are compared with config.json before any skeleton is built
+    assert "video_dit / dim: config.json dim does not match the weight files" in message, message
+    assert "(expected 72 (config.json), found 96 (weights))" in message, message
+    assert "video_dit / ffn_dim" in message and "found 160 (weights)" in message, message
+
+
+def test_video_dit_with_another_models_tensor_names(ckpt):
+    """Widths and layer counts agree, the keys do not: the full comparison says the weights are another model's."""
+    path = next((ckpt / "video_dit").glob("*.safetensors"))
+    folder = ckpt / "video_dit"
+    tensors = {}
+    for shard in folder.glob("*.safetensors"):
+        tensors.update(load_file(str(shard)))
+        shard.unlink()
+    for index in folder.glob("*.index.json"):
+        index.unlink()
+    renamed = {k.replace("self_attn", "attn1").replace("cross_attn", "attn2"): v.contiguous() for k, v in tensors.items()}
+    save_file(renamed, str(path))
+    message = validation_error(ckpt)
+    assert "these weights belong to another model" in message, message
     assert "and " in message.splitlines()[-1] and "more" in message.splitlines()[-1]  # capped list
 
 
