@@ -19,13 +19,13 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..checkpoint.folder import MovaCheckpoint, build_meta_module
-from .conditioning import first_frame_condition
+from .conditioning import keyframe_condition
 from .guidance import GuidanceConfig, required_branches
 from ..media.image_preprocess import crop_and_resize, to_model_range, white_frame
 from ..network.lora import LoraPatch, LoraPatchSet
@@ -78,6 +78,8 @@ class JointLatents:
     num_frames: int
     video_fps: float
     sample_rate: int
+    segments: tuple = ()
+    """For a joined clip: one `continuation.Seam` per join, in order (empty for a single segment)."""
 
 
 def clip_audio_samples(num_frames: int, video_fps: float, sample_rate: int) -> int:
@@ -217,17 +219,36 @@ class MovaPipeline:
 
     def prepare_conditioning(self, prompt: str, negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
                              image_uint8: Optional[np.ndarray] = None, width: int = 640, height: int = 352,
-                             num_frames: int = 193, video_fps: float = 24.0) -> Conditioning:
-        """Text embeddings and first-frame condition for one clip. `image_uint8` `[h, w, 3]` uint8 or None."""
+                             num_frames: int = 193, video_fps: float = 24.0,
+                             last_image_uint8: Optional[np.ndarray] = None,
+                             keyframes_uint8: Optional[Dict[int, np.ndarray]] = None) -> Conditioning:
+        """Text embeddings and keyframe condition for one clip; images `[h, w, 3]` uint8 (any size).
+
+        `image_uint8`: the first frame (None and no other frame: a white first frame, T2VA). `last_image_uint8`:
+        the last frame (with a first frame: the official `last_image` condition; alone: the first frame is free).
+        `keyframes_uint8`: {pixel frame index: image} at other positions (beyond what MOVA was trained on).
+        """
         validate_geometry(width, height, num_frames, video_fps)
+        frames: Dict[int, np.ndarray] = {}
+        for position, image in (keyframes_uint8 or {}).items():
+            index = int(position) + num_frames if int(position) < 0 else int(position)
+            if not 0 <= index < num_frames:
+                raise InputError(f"keyframe at frame {position} is outside the clip (frames 0..{num_frames - 1})")
+            frames[index] = image
+        if image_uint8 is not None:
+            frames[0] = image_uint8
+        if last_image_uint8 is not None:
+            frames[num_frames - 1] = last_image_uint8
+        text_only = not frames
         embeds = self.encode_prompts([prompt, negative_prompt])
-        image = self.prepare_image(image_uint8, width, height).to(self.device)
+        images = {i: self.prepare_image(im, width, height).to(self.device) for i, im in frames.items()} \
+            if frames else {0: self.prepare_image(None, width, height).to(self.device)}
         with torch.no_grad():
-            condition = first_frame_condition(self.video_vae(), image, num_frames)
+            condition = keyframe_condition(self.video_vae(), images, num_frames)
         return Conditioning(prompt_embeds=embeds[0:1], negative_prompt_embeds=embeds[1:2],
                             condition=condition.float(), width=width, height=height, num_frames=num_frames,
                             video_fps=float(video_fps), prompt=prompt, negative_prompt=negative_prompt,
-                            text_only=image_uint8 is None)
+                            text_only=text_only)
 
     # -- sampling -------------------------------------------------------------------------------------
     def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
