@@ -163,8 +163,8 @@ def generate(pipeline: MovaPipeline, request: GenerateRequest,
             from .continuation import extend
 
             joined = extend(pipeline, joined, conditioning, overlap=request.overlap, seed=request.seed + index,
-                            steps=request.steps, guidance=guidance, hold_mode=request.hold_mode, callback=callback,
-                            last_image_uint8=last).joined
+                            steps=request.steps, guidance=guidance, hold_mode=request.hold_mode,
+                            callback=callback).joined
     assert joined is not None
     return joined
 
@@ -182,7 +182,7 @@ def save_latents(path: Path, latents: JointLatents) -> Path:
 
 
 def latents_segments(latents: JointLatents) -> list:
-    return list(getattr(latents, "segments", None) or [])
+    return [seam.to_dict() for seam in latents.segments]
 
 
 def _atomic(path: Path, write: Callable[[str], None]) -> Path:

@@ -30,7 +30,7 @@ from .guidance import GuidanceConfig, required_branches
 from ..media.image_preprocess import crop_and_resize, to_model_range, white_frame
 from ..network.lora import LoraPatch, LoraPatchSet
 from ..memory.model_store import ComponentCache, MemoryOptions, SamplingModels
-from .sampler import HeldStream, SamplingInputs, SamplingStats, StepInfo, sample as run_sampler, seeded_noise
+from .sampler import Held, HeldStream, SamplingInputs, SamplingStats, StepInfo, held_list, sample as run_sampler, seeded_noise
 from .scheduler import FlowMatchPairScheduler
 from ..network.text_encoder import TextEncoder
 from ..network.video_vae import VideoVAE
@@ -65,6 +65,9 @@ class Conditioning:
     prompt: str = ""
     negative_prompt: str = ""
     text_only: bool = False
+    keyframes: Optional[Dict[int, torch.Tensor]] = None
+    """The frames behind `condition`: {pixel frame index: image `[1, 3, H, W]` in [-1, 1]} (continuation
+    re-encodes them with the previous clip's frame in front)."""
 
 
 @dataclass
@@ -248,12 +251,12 @@ class MovaPipeline:
         return Conditioning(prompt_embeds=embeds[0:1], negative_prompt_embeds=embeds[1:2],
                             condition=condition.float(), width=width, height=height, num_frames=num_frames,
                             video_fps=float(video_fps), prompt=prompt, negative_prompt=negative_prompt,
-                            text_only=text_only)
+                            text_only=text_only, keyframes={i: im.cpu() for i, im in images.items()})
 
     # -- sampling -------------------------------------------------------------------------------------
     def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
                guidance: Optional[GuidanceConfig] = None, noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-               held: Optional[HeldStream] = None, callback: Optional[Callable[[StepInfo], None]] = None,
+               held: Held = None, callback: Optional[Callable[[StepInfo], None]] = None,
                plan=None) -> JointLatents:
         """Denoise one clip. `noise` = (video, audio) initial noise to inject; else drawn from `seed` exactly as
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
@@ -267,10 +270,19 @@ class MovaPipeline:
             if tuple(video_noise.shape) != video_shape or tuple(audio_noise.shape) != audio_shape:
                 raise InputError(f"injected noise must be video {list(video_shape)} and audio {list(audio_shape)}, "
                                  f"got {list(video_noise.shape)} and {list(audio_noise.shape)}")
-        if held is not None:
-            expected = video_shape if held.modality == "video" else audio_shape
-            if tuple(held.latents.shape) != expected:
-                raise InputError(f"held {held.modality} latents must be {list(expected)} for this clip, got {list(held.latents.shape)}")
+        try:
+            holds = held_list(held)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        for hold in holds:
+            expected = video_shape if hold.modality == "video" else audio_shape
+            if not hold.is_range and tuple(hold.latents.shape) != expected:
+                raise InputError(f"held {hold.modality} latents must be {list(expected)} for this clip, got {list(hold.latents.shape)}")
+            shape = tuple(hold.latents.shape)
+            if hold.is_range and (shape[:2] + shape[3:] != expected[:2] + expected[3:]
+                                  or hold.time_slice.stop > expected[2] or shape[2] < 1):
+                raise InputError(f"held {hold.modality} range {list(shape)} at offset {hold.offset} does not fit the "
+                                 f"clip's {hold.modality} latents {list(expected)}")
         inputs = SamplingInputs(
             prompt_embeds=c.prompt_embeds.to(self.device), negative_prompt_embeds=c.negative_prompt_embeds.to(self.device),
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
