@@ -52,3 +52,11 @@ def test_writer_failure_leaves_no_file(tmp_path):
         with Mp4Writer(tmp_path / "z.mp4", 32, 32, 8.0) as writer:
             writer.add_frames(np.zeros((1, 16, 16, 3), np.uint8))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_chunks_are_bounded(tiny_pipe, latents):
+    """Peak decode memory is one chunk: each yielded piece is at most 4·chunk pixel frames (latent 0 gives 1)."""
+    from mova_model.media.long_clip import decoded_frame_chunks
+
+    sizes = [c.shape[0] for c in decoded_frame_chunks(tiny_pipe, latents, 2)]
+    assert sizes == [5, 8, 8, 4] and sum(sizes) == 25
