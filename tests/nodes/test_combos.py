@@ -48,7 +48,7 @@ def test_the_nodes_have_the_expected_combos(node_module):
     assert found == {
         ("MovaLoader", "checkpoint"), ("MovaLoader", "dtype"), ("MovaLoader", "device"),
         ("MovaLoader", "memory_mode"), ("MovaLoader", "weights"), ("MovaLoraLoader", "lora_name"),
-        ("MovaGuidance", "preset"), ("MovaAudioDriver", "mode"), ("MovaVideoDriver", "mode"),
+        ("MovaGuidance", "preset"), ("MovaAudioDriver", "mode"), ("MovaVideoDriver", "mode"), ("MovaExtend", "hold_mode"),
         ("MovaPromptEnhancer", "backend"), ("MovaPromptEnhancer", "local_model"), ("MovaPromptEnhancer", "on_failure"),
     }  # fmt: skip
 
@@ -68,7 +68,7 @@ def test_every_combo_refuses_a_bogus_value_with_the_allowed_ones(node_module):
         for option in combo.options:
             assert repr(option) in message, (schema.node_id, combo.id, message)
         checked += 1
-    assert checked == 12
+    assert checked == len(_combo_cases(node_module))  # every combo found above
 
 
 def test_the_issue_examples(node_module):
