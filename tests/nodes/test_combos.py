@@ -54,7 +54,7 @@ def test_the_nodes_have_the_expected_combos(node_module):
 
 
 def test_every_combo_refuses_a_bogus_value_with_the_allowed_ones(node_module):
-    checked = 0
+
     for node_cls, schema, combo in _combo_cases(node_module):
         kwargs = {item.id: None for item in schema.inputs}
         for _, other_schema, other in _combo_cases(node_module):
@@ -67,8 +67,7 @@ def test_every_combo_refuses_a_bogus_value_with_the_allowed_ones(node_module):
         assert message.startswith(f"{schema.display_name}: {combo.id} = 'bogus' is not allowed; choose one of: "), message
         for option in combo.options:
             assert repr(option) in message, (schema.node_id, combo.id, message)
-        checked += 1
-    assert checked == len(_combo_cases(node_module))  # every combo found above
+
 
 
 def test_the_issue_examples(node_module):
