@@ -405,3 +405,4 @@ RUNNERS: Dict[str, Callable[[CaseContext], Report]] = {
     "bridge_direction_scales": run_bridge_scales,
     "split_timestep_denoiser": run_split_timestep,
 }
+from .runners_training import RUNNERS_TRAINING; RUNNERS.update(RUNNERS_TRAINING)  # noqa: E402,E702  (training kinds)
