@@ -92,7 +92,8 @@ def run_lora_training_step(ctx: CaseContext) -> Report:
     targets = LoraTargets.parse(lora_args["target_modules"])
     train_modules = list(lora_args.get("train_modules") or ["video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge"])
     built = {name: ctx.build(name) for name in (expert, "audio_dit", "dual_tower_bridge")}
-    shapes_from = {name: built.get(name) or build_meta_module(name, checkpoint.config(name)) for name in train_modules}
+    shapes_from = {name: built[name] if name in built else build_meta_module(name, checkpoint.config(name))
+                   for name in train_modules}
     lora = TrainableLora.for_modules(shapes_from, int(lora_args["rank"]), float(lora_args["alpha"]), targets)
     if "lora_modules" in lora_args:
         equal = lora.keys() == sorted(lora_args["lora_modules"])

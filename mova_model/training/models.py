@@ -1,0 +1,90 @@
+"""The frozen DiTs of a training run, built through the sampling `ComponentCache`, with the trainable LoRA
+attached, and the executor each step runs its blocks through.
+
+- Base weights stay frozen in the storage chosen (`as stored`, `fp32`, `bf16`, or `fp8` = the existing e4m3fn
+  per-tensor storage of `memory.fp8`, computed in bf16); the LoRA and the optimizer state stay fp32.
+- Only the experts being trained are built (`experts="high"` never materializes `video_dit_2`).
+- Gradient checkpointing per block (`step.checkpointed`): each DiT block and bridge conditioner keeps only
+  its input and is recomputed in the backward pass.
+- With a VRAM budget on a GPU the blocks are streamed by the existing `BlockStreamer` (`training_streamers`),
+  in the forward pass and again in the backward recompute.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Dict, Optional
+
+import torch
+from torch import nn
+
+from ..checkpoint.folder import MovaCheckpoint
+from ..memory.model_store import ComponentCache
+from .step import EncodedClip, StepDraw, StepOptions, StepResult, checkpointed, compute_step
+from .timesteps import TrainingTimesteps
+from .trainable_lora import TrainableLora
+
+logger = logging.getLogger(__name__)
+
+STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
+
+
+class TrainingModels:
+    """Lazily built DiTs + the attached LoRA. `step(expert, clip, draw, ...)` runs one loss evaluation."""
+
+    def __init__(self, checkpoint: MovaCheckpoint, device: str | torch.device = "cpu", weights: str = "as stored",
+                 gradient_checkpointing: bool = True, vram_budget_gb: Optional[float] = None) -> None:
+        self.checkpoint = checkpoint
+        self.device = torch.device(device)
+        self.weights = weights
+        self.dtype = STORAGE_DTYPES.get(weights)
+        self.cache = ComponentCache(checkpoint, self.device, self.dtype or torch.float32, fp8=weights == "fp8")
+        self.gradient_checkpointing = gradient_checkpointing
+        self.vram_budget_gb = vram_budget_gb
+        self.lora: Optional[TrainableLora] = None
+        self.built: Dict[str, nn.Module] = {}
+        self.streamers: Dict[str, object] = {}
+
+    def attach(self, lora: TrainableLora) -> None:
+        self.lora = lora
+
+    def streamed(self) -> bool:
+        return self.vram_budget_gb is not None and self.device.type == "cuda"
+
+    def module(self, name: str) -> nn.Module:
+        if name not in self.built:
+            module = self.cache.get(name, dtype=self.dtype, resident=not self.streamed())
+            module.requires_grad_(False)
+            if self.lora is not None:
+                count = self.lora.attach(name, module)
+                logger.info("training LoRA on %d layers of %s", count, name)
+            self.built[name] = module
+        return self.built[name]
+
+    def executor(self, expert: str):
+        inner = None
+        if self.streamed():
+            if expert not in self.streamers:
+                from .streaming import training_streamer
+
+                self.streamers[expert] = training_streamer(self, expert)
+            inner = self.streamers[expert]
+        return checkpointed(inner) if self.gradient_checkpointing else inner
+
+    def step(self, expert: str, clip: EncodedClip, draw: StepDraw, timesteps: TrainingTimesteps,
+             options: StepOptions, grad: bool = True) -> StepResult:
+        """One loss evaluation on `clip` with the `expert` (`video_dit` / `video_dit_2`)."""
+        video, audio, bridge = self.module(expert), self.module("audio_dit"), self.module("dual_tower_bridge")
+        with torch.set_grad_enabled(grad):
+            return compute_step(video, audio, bridge, clip, draw, timesteps, options,
+                                executor=self.executor(expert), device=self.device)
+
+    def release(self) -> None:
+        for streamer in self.streamers.values():
+            streamer.release()  # type: ignore[attr-defined]
+        self.streamers.clear()
+        for name, module in self.built.items():
+            if self.lora is not None:
+                self.lora.detach_from(module)
+        self.built.clear()
+        self.cache.release_all()
