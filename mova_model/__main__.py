@@ -4,6 +4,7 @@
 - `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: the memory plan for a machine.
 - `quantize SRC DST`: write an fp8 (e4m3fn, per-tensor scale) copy of a checkpoint folder.
 - `tiny-checkpoint DST [--seed N]`: write a tiny random-weight checkpoint in the official layout.
+- `train CHECKPOINT DATASET --out FILE.safetensors [...]`: train a LoRA (see `mova_model.training.cli`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import logging
 import sys
 from typing import List, Optional
 
-COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint")
+COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint", "train")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -31,6 +32,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "quantize":
         from .memory.quantize import quantize_cli
         return quantize_cli(rest)
+    if command == "train":
+        from .training.cli import train_cli
+        return train_cli(rest)
     from .checkpoint.tiny import tiny_checkpoint_cli
     return tiny_checkpoint_cli(rest)
 
