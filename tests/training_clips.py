@@ -54,3 +54,16 @@ def write_dataset(folder: Path, count: int = 2, **kwargs) -> Path:
     for i in range(count):
         write_clip(folder / f"clip{i}.mp4", seed=i, caption=f"clip number {i}, a tone and colour bars", **kwargs)
     return folder
+
+
+GEOMETRY = dict(width=48, height=32, frames=9, fps=8.0)
+
+
+def small_settings(**overrides):
+    """`TrainSettings` of 4 optimizer steps of rank 4 on 48x32x9 clips; no warm-up and a high lr so a few
+    steps show."""
+    from mova_model.training.trainer import TrainSettings
+
+    base = dict(steps=4, rank=4, alpha=4.0, lr=1e-2, warmup_steps=0, val_items=1, **GEOMETRY)
+    base.update(overrides)
+    return TrainSettings(**base)
