@@ -256,6 +256,11 @@ class LoraTrainer:
 
     # -- the run ------------------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train; hosts that call nodes under `torch.inference_mode()` (ComfyUI) are fine: autograd is re-enabled."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         s = self.settings
         checkpoint, state, init, clips, skipped = self._prepare()
         timesteps = TrainingTimesteps.from_scheduler(FlowMatchPairScheduler(checkpoint.configs.scheduler),
