@@ -33,7 +33,8 @@ class TrainingModels:
     """Lazily built DiTs + the attached LoRA. `step(expert, clip, draw, ...)` runs one loss evaluation."""
 
     def __init__(self, checkpoint: MovaCheckpoint, device: str | torch.device = "cpu", weights: str = "as stored",
-                 gradient_checkpointing: bool = True, vram_budget_gb: Optional[float] = None) -> None:
+                 gradient_checkpointing: bool = True, vram_budget_gb: Optional[float] = None,
+                 stream: Optional[bool] = None, prefetch_depth: int = 1, copy_engine_factory=None) -> None:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         self.weights = weights
@@ -41,6 +42,9 @@ class TrainingModels:
         self.cache = ComponentCache(checkpoint, self.device, self.dtype or torch.float32, fp8=weights == "fp8")
         self.gradient_checkpointing = gradient_checkpointing
         self.vram_budget_gb = vram_budget_gb
+        self.stream = stream if stream is not None else (vram_budget_gb is not None and self.device.type == "cuda")
+        self.prefetch_depth = int(prefetch_depth)
+        self.copy_engine_factory = copy_engine_factory
         self.lora: Optional[TrainableLora] = None
         self.built: Dict[str, nn.Module] = {}
         self.streamers: Dict[str, object] = {}
@@ -49,7 +53,15 @@ class TrainingModels:
         self.lora = lora
 
     def streamed(self) -> bool:
-        return self.vram_budget_gb is not None and self.device.type == "cuda"
+        """Blocks streamed (always with per-block checkpointing): with a VRAM budget on a GPU, or when asked
+        (`stream=True`, e.g. on the CPU with the `ThrottledCopyEngine` simulation)."""
+        return bool(self.stream)
+
+    def copy_engines(self):
+        """(forward, backward) copy engines; None lets the streamer choose (CUDA engine on a GPU)."""
+        if self.copy_engine_factory is None:
+            return None, None
+        return self.copy_engine_factory(), self.copy_engine_factory()
 
     def module(self, name: str) -> nn.Module:
         if name not in self.built:
@@ -62,14 +74,15 @@ class TrainingModels:
         return self.built[name]
 
     def executor(self, expert: str):
-        inner = None
-        if self.streamed():
+        if self.streamed():  # streaming implies per-block checkpointing (`StreamedBlock`)
             if expert not in self.streamers:
                 from .streaming import training_streamer
 
+                for other in list(self.streamers):  # one expert's streamer at a time (they share the stems)
+                    self.streamers.pop(other).release()
                 self.streamers[expert] = training_streamer(self, expert)
-            inner = self.streamers[expert]
-        return checkpointed(inner) if self.gradient_checkpointing else inner
+            return self.streamers[expert]
+        return checkpointed(None) if self.gradient_checkpointing else None
 
     def step(self, expert: str, clip: EncodedClip, draw: StepDraw, timesteps: TrainingTimesteps,
              options: StepOptions, grad: bool = True) -> StepResult:
