@@ -1,7 +1,8 @@
 """`python -m mova_model <command>`: describe / plan / quantize / tiny-checkpoint.
 
 - `describe FOLDER [--check]`: every tensor the configs imply (and, with --check, every problem in the files).
-- `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: the memory plan for a machine.
+- `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: the memory plan for a machine
+  (`plan --train ...`: the plan of a LoRA training step).
 - `quantize SRC DST`: write an fp8 (e4m3fn, per-tensor scale) copy of a checkpoint folder.
 - `tiny-checkpoint DST [--seed N]`: write a tiny random-weight checkpoint in the official layout.
 - `train CHECKPOINT DATASET --out FILE.safetensors [...]`: train a LoRA (see `mova_model.training.cli`).
@@ -26,6 +27,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "describe":
         from .checkpoint.describe import main_describe
         return main_describe(rest)
+    if command == "plan" and "--train" in rest:
+        from .memory.training_plan import plan_train_cli
+        return plan_train_cli([a for a in rest if a != "--train"])
     if command == "plan":
         from .memory.planner import plan_cli
         return plan_cli(rest)

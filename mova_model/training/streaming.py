@@ -11,7 +11,9 @@ Holding the slot until the block's backward is done matters: the recomputed grap
 views, which a freed slot would let the next prefetch overwrite.
 
 Device memory: `(depth + 1)` slots per streamer, two streamers, plus the resident stems, the LoRA and its
-optimizer state (fp32) and one block's activations at a time (the checkpoints are the block inputs).
+optimizer state (fp32) and one block's activations at a time. The checkpoints (block inputs) are offloaded
+to host memory when the blocks run on a GPU (`offload_checkpoints`, the official
+`use_gradient_checkpointing_offload`), and brought back for the block's backward.
 """
 
 from __future__ import annotations
@@ -37,14 +39,24 @@ class StreamedBlock(torch.autograd.Function):
     @staticmethod
     def forward(ctx, executor: "TrainingStreamer", module: nn.Module, args: Tuple, *tensors: torch.Tensor):
         ctx.executor, ctx.module, ctx.args = executor, module, args
-        ctx.save_for_backward(*tensors)
+        ctx.grad_flags = [t.requires_grad for t in tensors]
+        ctx.offloaded = executor.offload_checkpoints and any(t.device.type != "cpu" for t in tensors)
+        if ctx.offloaded:  # the checkpoint (block input) waits in host memory, as the official offload option
+            ctx.devices = [t.device for t in tensors]
+            ctx.host_copies = [t.detach().to("cpu") for t in tensors]
+        else:
+            ctx.save_for_backward(*tensors)
         with torch.no_grad():
             return executor.forward_streamer(module, *args)
 
     @staticmethod
     def backward(ctx, *grads):
-        saved = ctx.saved_tensors
-        inputs = [t.detach().requires_grad_(t.requires_grad) for t in saved]
+        if ctx.offloaded:
+            saved = [t.to(device) for t, device in zip(ctx.host_copies, ctx.devices)]
+            ctx.host_copies = None
+        else:
+            saved = ctx.saved_tensors
+        inputs = [t.detach().requires_grad_(flag) for t, flag in zip(saved, ctx.grad_flags)]
         positions, _ = _split(ctx.args)
         args = list(ctx.args)
         for pos, tensor in zip(positions, inputs):  # the trailing anchor has no position
@@ -68,7 +80,9 @@ class TrainingStreamer:
 
     def __init__(self, expert: nn.Module, audio_dit: nn.Module, bridge: Optional[nn.Module], device: torch.device | str,
                  prefetch_depth: int = 1, expert_name: str = "video_dit",
-                 copy_engines: Tuple[Optional[CopyEngine], Optional[CopyEngine]] = (None, None)) -> None:
+                 copy_engines: Tuple[Optional[CopyEngine], Optional[CopyEngine]] = (None, None),
+                 offload_checkpoints: bool = True) -> None:
+        self.offload_checkpoints = offload_checkpoints
         order = execution_order(expert, audio_dit, bridge, BridgeScales())
         resident = set()
         for tower in (expert, audio_dit):
