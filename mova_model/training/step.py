@@ -14,7 +14,7 @@ the compute dtype is that of the frozen expert's weights (bf16 for bf16/fp8 stor
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from typing import Optional, Tuple
 
 import torch
 import torch.nn.functional as F

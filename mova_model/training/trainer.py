@@ -15,7 +15,7 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 
@@ -29,7 +29,7 @@ from .encoding import ClipEncoders
 from .files import TrainStateError, load_state, restore_state, save_lora, save_state, state_path_for
 from .models import TrainingModels
 from .optimizer import OptimizerSettings, build_optimizer, clip_and_step
-from .step import EncodedClip, StepDraw, StepOptions, compute_step, draw_step
+from .step import EncodedClip, StepDraw, StepOptions, draw_step
 from .targets import LoraTargets, TargetError
 from .timesteps import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, TrainingTimesteps, expert_for_step
 from .trainable_lora import TrainableLora
