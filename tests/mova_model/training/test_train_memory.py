@@ -81,3 +81,14 @@ def test_fp8_and_bf16_base_weights_train_fp32_lora(setup):
         assert set(grads) == set(reference)
         worst = max(((grads[k] - reference[k]).norm() / reference[k].norm()).item() for k in reference)
         assert worst < (0.1 if weights == "bf16" else 0.3), (weights, worst)
+
+
+def test_the_expert_not_trained_is_never_built(setup):
+    ck, clip, timesteps = setup
+    models = TrainingModels(ck, "cpu")
+    try:
+        draw = draw_step(timesteps, clip, "video_dit", torch.Generator().manual_seed(0))
+        models.step("video_dit", clip, draw, timesteps, StepOptions(), grad=False)
+        assert models.cache.materialized["video_dit"] == 1 and "video_dit_2" not in models.cache.materialized
+    finally:
+        models.release()
