@@ -5,14 +5,18 @@
 2. Runs two fresh processes doing the same training steps (both video experts, rank-16 `official` LoRA on every
    trained component, AdamW) on the same random cached clip (latents, condition, caption states: the
    encoders are not part of a step):
-   - resident: the DiTs as built (memory-mapped bf16 weights), no gradient checkpointing: autograd keeps every
-     block's activations until the backward;
+   - resident: the DiTs as built (memory-mapped bf16 weights, computed in fp32 on the CPU), no gradient
+     checkpointing: autograd keeps every block's activations until the backward;
    - streamed: per-block checkpointing and every block streamed through the forward and the backward pass
      (`mova_model.training.streaming`, two `BlockStreamer`s; the "device" is the CPU itself via the unpaced
      `ThrottledCopyEngine`, so slots are separate anonymous buffers, as a GPU would hold them).
    Each process samples /proc/self/status RssAnon every 5 ms (mapped file pages are not counted).
-3. Prints the config, both peaks, `peak_host_ratio=<streamed / resident>` and the gradients' largest relative
-   L2 difference (they are equal up to float32 summation order, see tests/mova_model/training/test_train_memory.py).
+3. Prints the config, both peaks, `peak_host_ratio=<streamed / resident>` and how far the gradients are apart
+   (relative L2 over all of them, median and largest per tensor). They agree up to float32 summation order (the
+   streamed backward is a nested, reentrant one, see tests/mova_model/training/test_train_memory.py); the
+   largest per-tensor figure comes from tensors whose gradient is ~1e-6 of the typical one (cancellation).
+   Note: the resident run computes in fp32 from bf16 weights, so without checkpointing autograd also keeps
+   every layer's fp32 weight cast until the backward (as it would keep dequantized fp8 weights on a GPU).
 
 `--gpu` (needs CUDA): step time and `torch.cuda.max_memory_allocated` of the streamed step under VRAM budgets
 of 12, 16 and 24 GB on the real checkpoint sizes you pass with `--dir` (not run on the CPU-only dev machine).
@@ -71,8 +75,11 @@ def run_steps(folder: Path, mode: str, args, device: str = "cpu", budget_gb: Opt
     timesteps = TrainingTimesteps.from_scheduler(FlowMatchPairScheduler(ck.configs.scheduler), ck.configs.index.boundary_ratio)
     streamed = mode == "streamed"
     engine = (lambda: ThrottledCopyEngine()) if device == "cpu" else None
+    # bf16 weights stay memory-mapped (not anonymous memory); on the CPU the compute is fp32 (the weights are
+    # cast per layer call) so the two modes' gradients can be compared at float32 precision
     models = TrainingModels(ck, device, "as stored", gradient_checkpointing=streamed, stream=streamed,
-                            vram_budget_gb=budget_gb, copy_engine_factory=engine if streamed else None)
+                            vram_budget_gb=budget_gb, copy_engine_factory=engine if streamed else None,
+                            compute_dtype=torch.float32 if device == "cpu" else None)
     metas = {n: build_meta_module(n, ck.config(n)) for n in COMPONENTS}
     lora = TrainableLora.for_modules(metas, args.rank, float(args.rank), LoraTargets.parse("official"), device=device)
     lora.reset_official(torch.Generator().manual_seed(1))
@@ -169,7 +176,10 @@ def main(argv: Optional[list] = None) -> int:
         results[mode]["out"] = out
     from safetensors.torch import load_file
     a, b = (load_file(str(results[m]["out"])) for m in ("resident", "streamed"))
-    worst = max(((b[k] - a[k]).norm() / a[k].norm().clamp_min(1e-30)).item() for k in a)
+    rel = sorted(((b[k] - a[k]).norm() / a[k].norm().clamp_min(1e-30)).item() for k in a)
+    worst, median = rel[-1], rel[len(rel) // 2]
+    flat_a, flat_b = torch.cat([a[k].flatten() for k in a]), torch.cat([b[k].flatten() for k in a])
+    overall = ((flat_b - flat_a).norm() / flat_a.norm()).item()
     sys.stdout.write("mode       peak anon RSS   net of imports   step time (s)   losses\n")
     for mode in ("resident", "streamed"):
         r = results[mode]
@@ -179,7 +189,9 @@ def main(argv: Optional[list] = None) -> int:
     net = ((results["streamed"]["peak"] - results["streamed"]["baseline"])
            / (results["resident"]["peak"] - results["resident"]["baseline"]))
     same_losses = results["streamed"]["losses"] == results["resident"]["losses"]
-    sys.stdout.write(f"peak_host_ratio={ratio:.3f} net_ratio={net:.3f} grad_max_rel_l2={worst:.2e} "
+    # the largest per-tensor errors are on near-zero gradients (cancellation); see the module docstring
+    sys.stdout.write(f"peak_host_ratio={ratio:.3f} net_ratio={net:.3f} grad_rel_l2_all={overall:.2e} "
+                     f"grad_rel_l2_median={median:.2e} grad_rel_l2_max={worst:.2e} "
                      f"same_losses={'yes' if same_losses else 'no'} grads={len(a)}\n")
     return 0
 

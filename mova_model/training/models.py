@@ -34,7 +34,8 @@ class TrainingModels:
 
     def __init__(self, checkpoint: MovaCheckpoint, device: str | torch.device = "cpu", weights: str = "as stored",
                  gradient_checkpointing: bool = True, vram_budget_gb: Optional[float] = None,
-                 stream: Optional[bool] = None, prefetch_depth: int = 1, copy_engine_factory=None) -> None:
+                 stream: Optional[bool] = None, prefetch_depth: int = 1, copy_engine_factory=None,
+                 compute_dtype: Optional[torch.dtype] = None) -> None:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         self.weights = weights
@@ -45,6 +46,7 @@ class TrainingModels:
         self.stream = stream if stream is not None else (vram_budget_gb is not None and self.device.type == "cuda")
         self.prefetch_depth = int(prefetch_depth)
         self.copy_engine_factory = copy_engine_factory
+        self.compute_dtype = compute_dtype  # None: that of the stored expert weights (bf16 for bf16/fp8)
         self.lora: Optional[TrainableLora] = None
         self.built: Dict[str, nn.Module] = {}
         self.streamers: Dict[str, object] = {}
@@ -90,7 +92,7 @@ class TrainingModels:
         video, audio, bridge = self.module(expert), self.module("audio_dit"), self.module("dual_tower_bridge")
         with torch.set_grad_enabled(grad):
             return compute_step(video, audio, bridge, clip, draw, timesteps, options,
-                                executor=self.executor(expert), device=self.device)
+                                executor=self.executor(expert), dtype=self.compute_dtype, device=self.device)
 
     def release(self) -> None:
         for streamer in self.streamers.values():
