@@ -35,7 +35,8 @@ class TrainingModels:
     def __init__(self, checkpoint: MovaCheckpoint, device: str | torch.device = "cpu", weights: str = "as stored",
                  gradient_checkpointing: bool = True, vram_budget_gb: Optional[float] = None,
                  stream: Optional[bool] = None, prefetch_depth: int = 1, copy_engine_factory=None,
-                 compute_dtype: Optional[torch.dtype] = None) -> None:
+                 compute_dtype: Optional[torch.dtype] = None, clip_size: Optional[tuple] = None,
+                 experts: str = "both") -> None:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         self.weights = weights
@@ -43,7 +44,9 @@ class TrainingModels:
         self.cache = ComponentCache(checkpoint, self.device, self.dtype or torch.float32, fp8=weights == "fp8")
         self.gradient_checkpointing = gradient_checkpointing
         self.vram_budget_gb = vram_budget_gb
-        self.stream = stream if stream is not None else (vram_budget_gb is not None and self.device.type == "cuda")
+        if stream is None:
+            stream = vram_budget_gb is not None and self.device.type == "cuda" and not self._fits_resident(clip_size, experts)
+        self.stream = stream
         self.prefetch_depth = int(prefetch_depth)
         self.copy_engine_factory = copy_engine_factory
         self.compute_dtype = compute_dtype  # None: that of the stored expert weights (bf16 for bf16/fp8)
@@ -53,6 +56,27 @@ class TrainingModels:
 
     def attach(self, lora: TrainableLora) -> None:
         self.lora = lora
+
+    def _fits_resident(self, clip_size: Optional[tuple], experts: str) -> bool:
+        """Whether the training plan puts every block of the step on the device within the VRAM budget.
+
+        clip_size: (width, height, frames, fps); without it the blocks are streamed."""
+        if clip_size is None:
+            return False
+        from ..memory.sizes import GB, Architecture, PlanInputs, execution_modules
+        from ..memory.training_plan import plan_training
+
+        width, height, frames, fps = clip_size
+        inputs = PlanInputs(vram_bytes=self.vram_budget_gb * GB, ram_bytes=1e15, width=width, height=height,
+                            frames=frames, fps=fps, cfg_passes=1, weights="fp8" if self.weights == "fp8" else "bf16",
+                            mode="budget")
+        arch = Architecture.from_configs(self.checkpoint.configs)
+        plan = plan_training(inputs, arch, experts=experts)
+        blocks = sum(m.nbytes for m in execution_modules(arch, inputs))
+        resident_peak = plan.vram_peak - plan.vram["stream slots (2 passes)"] + blocks
+        logger.info("training plan: all blocks resident needs %.2f GB of the %.2f GB budget",
+                    resident_peak / GB, self.vram_budget_gb)
+        return resident_peak <= inputs.vram_bytes
 
     def streamed(self) -> bool:
         """Blocks streamed (always with per-block checkpointing): with a VRAM budget on a GPU, or when asked

@@ -270,7 +270,8 @@ class LoraTrainer:
             if int(hi * timesteps.count) <= int(lo * timesteps.count):
                 raise TrainingError(f"the {expert} expert has no training timesteps with boundary_ratio "
                                     f"{timesteps.boundary_ratio}; train the other expert")
-        models = TrainingModels(checkpoint, s.device, s.weights, s.gradient_checkpointing, s.vram_budget_gb)
+        models = TrainingModels(checkpoint, s.device, s.weights, s.gradient_checkpointing, s.vram_budget_gb,
+                                clip_size=(s.width, s.height, s.frames, s.fps), experts=s.experts)
         lora = self._build_lora(checkpoint, models)
         if init is not None:
             try:
