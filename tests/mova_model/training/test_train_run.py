@@ -124,3 +124,10 @@ def test_cli_prints_the_result_line_last(tiny_checkpoint_dir, clip_dataset, enco
                           "--out", str(tmp_path / "x.safetensors"), "--size", "50x32"], capture_output=True, text=True,
                          cwd=repo_root, timeout=300)
     assert bad.returncode == 2 and "multiples of 16" in bad.stderr and not (tmp_path / "x.safetensors").exists()
+
+
+def test_continue_from_a_trained_lora_starts_where_it_ended(full_run, tiny_checkpoint_dir, clip_dataset, encode_cache,
+                                                            tmp_path):
+    result = train_lora(tiny_checkpoint_dir, clip_dataset, tmp_path / "more.safetensors", small_settings(steps=1),
+                        cache_dir=encode_cache, init_lora=full_run.lora_path)
+    assert result.val_loss_before == full_run.val_loss_after  # same validation set, same weights

@@ -65,3 +65,20 @@ def test_timestep_ranges_follow_the_boundary_and_the_global_rng_order(metas):
     assert torch.equal(table.draw_index("video_dit", torch.Generator().manual_seed(11)), expected)
     assert [expert_for_step(i) for i in range(4)] == ["video_dit", "video_dit_2"] * 2
     assert expert_for_step(1, "high") == "video_dit"
+
+
+def test_beyond_official_options_keep_the_official_draw_order(metas):
+    from mova_model.training.step import EncodedClip, StepOptions, draw_step
+
+    ck, _ = metas
+    table = TrainingTimesteps.from_scheduler(FlowMatchPairScheduler(ck.configs.scheduler), 0.9)
+    clip = EncodedClip(torch.zeros(1, 512, 8), torch.zeros(1, 4, 2, 2, 2), torch.zeros(1, 8, 2, 2, 2),
+                       torch.zeros(1, 8, 5), 8.0, torch.zeros(1, 512, 8))
+    plain = draw_step(table, clip, "video_dit_2", torch.Generator().manual_seed(4))
+    dropped = draw_step(table, clip, "video_dit_2", torch.Generator().manual_seed(4), StepOptions(caption_dropout=0.999))
+    assert torch.equal(plain.timestep_id, dropped.timestep_id) and torch.equal(plain.audio_noise, dropped.audio_noise)
+    assert dropped.drop_caption and not plain.drop_caption
+    g = torch.Generator().manual_seed(5)
+    lo = int(table.boundary_fraction * 1000)
+    ids = [int(table.draw_index("video_dit_2", g, "logit_normal")) for _ in range(200)]
+    assert min(ids) >= lo and max(ids) <= 999
