@@ -131,3 +131,11 @@ def test_continue_from_a_trained_lora_starts_where_it_ended(full_run, tiny_check
     result = train_lora(tiny_checkpoint_dir, clip_dataset, tmp_path / "more.safetensors", small_settings(steps=1),
                         cache_dir=encode_cache, init_lora=full_run.lora_path)
     assert result.val_loss_before == full_run.val_loss_after  # same validation set, same weights
+
+
+def test_accumulation_alternates_experts_per_micro_step(tiny_checkpoint_dir, clip_dataset, encode_cache, tmp_path):
+    out = tmp_path / "acc.safetensors"
+    train_lora(tiny_checkpoint_dir, clip_dataset, out, small_settings(steps=1, accumulation=2), cache_dir=encode_cache)
+    weights = load_lora(out)
+    for expert in ("video_dit", "video_dit_2"):  # micro-steps 0 and 1 of the one optimizer step: both trained
+        assert all(torch.count_nonzero(b) for _, b in weights.pairs[expert].values()), expert
