@@ -1,12 +1,14 @@
-"""`python -m mova_model <command>`: describe / plan / quantize / tiny-checkpoint / generate.
+"""`python -m mova_model <command>`: describe / plan / quantize / tiny-checkpoint / generate / train.
 
 - `describe FOLDER [--check]`: every tensor the configs imply (and, with --check, every problem in the files).
-- `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: the memory plan for a machine.
+- `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: the memory plan for a machine
+  (`plan --train ...`: the plan of a LoRA training step).
 - `quantize SRC DST`: write an fp8 (e4m3fn, per-tensor scale) copy of a checkpoint folder.
 - `tiny-checkpoint DST [--seed N]`: write a tiny random-weight checkpoint in the official layout.
 - `generate CHECKPOINT --prompt TEXT [--prompt TEXT ...] [--image F] [--last-image F] --size WxH --frames N
   --fps F --steps S --seed N [--overlap K] --out FILE.mp4 [--save-latents FILE.safetensors]`: one segment per
   prompt, joined with K overlapping frames; the last stdout line is the mp4 path.
+- `train CHECKPOINT DATASET --out FILE.safetensors [...]`: train a LoRA (see `mova_model.training.cli`).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import logging
 import sys
 from typing import List, Optional
 
-COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint", "generate")
+COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint", "generate", "train")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -28,6 +30,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "describe":
         from .checkpoint.describe import main_describe
         return main_describe(rest)
+    if command == "plan" and "--train" in rest:
+        from .memory.training_plan import plan_train_cli
+        return plan_train_cli([a for a in rest if a != "--train"])
     if command == "plan":
         from .memory.planner import plan_cli
         return plan_cli(rest)
@@ -37,6 +42,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "generate":
         from .sampling.generate import generate_cli
         return generate_cli(rest)
+    if command == "train":
+        from .training.cli import train_cli
+        return train_cli(rest)
     from .checkpoint.tiny import tiny_checkpoint_cli
     return tiny_checkpoint_cli(rest)
 

@@ -72,7 +72,12 @@ def _match_batch(t: torch.Tensor, batch: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def joint_forward(video_dit: VideoDiT, audio_dit: AudioDiT, bridge: Optional[DualTowerBridge],
+def joint_forward(*args, **kwargs) -> Tuple[torch.Tensor, torch.Tensor]:
+    """`joint_forward_with_grad` under `torch.no_grad()` (sampling); same arguments and results."""
+    return joint_forward_with_grad(*args, **kwargs)
+
+
+def joint_forward_with_grad(video_dit: VideoDiT, audio_dit: AudioDiT, bridge: Optional[DualTowerBridge],
                   video_input: torch.Tensor, audio_latents: torch.Tensor, context: torch.Tensor,
                   video_timestep: torch.Tensor, audio_timestep: Optional[torch.Tensor], video_fps: float,
                   scales: BridgeScales = BridgeScales(), executor: Optional[Executor] = None,
@@ -86,7 +91,8 @@ def joint_forward(video_dit: VideoDiT, audio_dit: AudioDiT, bridge: Optional[Dua
     executor(module, *args): runs every DiT block and every bridge conditioner (default: a plain call);
     dtype: compute dtype (default: the video expert's weight dtype, bf16 when it is stored in fp8).
 
-    Returns (video_pred [B, 16, T, H, W], audio_pred [B, 128, L]), float32.
+    Returns (video_pred [B, 16, T, H, W], audio_pred [B, 128, L]), float32. Autograd is left as the caller
+    has it (training runs this with LoRA parameters that require grad; `joint_forward` is the no-grad form).
     Order per layer i < min(#video blocks, #audio blocks): bridge (if layer i interacts), video block i, audio
     block i; then the remaining video blocks; then both heads.
     """

@@ -13,8 +13,8 @@ from host_workflows import (API_DIR, LONG, SHIPPED, TINY, load_api, node_of, out
 from mova_model.media.av_io import probe_media
 
 # Workflow files of this pack's generation graphs (the prompt_* ones belong to the prompt nodes' tests).
-API_FILES = sorted(p for p in API_DIR.glob("mova_*.json") if "prompt" not in p.name)
-UI_FILES = sorted(p for p in (REPO_ROOT / "workflows").glob("*.json") if "prompt" not in p.name)
+API_FILES = sorted(p for p in API_DIR.glob("mova_*.json") if "prompt" not in p.name and "train" not in p.name)
+UI_FILES = sorted(p for p in (REPO_ROOT / "workflows").glob("*.json") if "prompt" not in p.name and "train" not in p.name)
 
 
 @pytest.fixture(scope="module")

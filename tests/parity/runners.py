@@ -408,3 +408,4 @@ RUNNERS: Dict[str, Callable[[CaseContext], Report]] = {
     "split_timestep_denoiser": run_split_timestep,
     "keyframe_condition": run_keyframe_condition,
 }
+from .runners_training import RUNNERS_TRAINING; RUNNERS.update(RUNNERS_TRAINING)  # noqa: E402,E702  (training kinds)

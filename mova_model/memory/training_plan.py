@@ -1,0 +1,185 @@
+"""The memory plan of a LoRA training step (`python -m mova_model plan --train ...`).
+
+Extends the sampling planner (`planner.py`, `sizes.py`) with what training adds: the LoRA parameters, their
+gradients and AdamW moments (fp32, 16 bytes per parameter, kept on the device for every trained component),
+per-block gradient checkpointing (the saved block inputs, offloaded to pinned host memory as the official
+`use_gradient_checkpointing_offload` does, plus one block's forward and backward working set on the device),
+and streaming in both passes (two `BlockStreamer`s of `depth + 1` slots each, every streamed byte moved twice
+per step). The clip latents and caption embeddings are cached, so no encoder is on the device during a step.
+Estimates, not measurements: see README "What was not verified".
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+from .sizes import GB, Architecture, PlanInputs, activation_bytes, execution_modules, margin_bytes
+from .planner import DEFAULT_TFLOPS, _stem_bytes
+
+OFFICIAL_LOW_RESOURCE = "official low-resource trainer: ~18 GB VRAM + ~80 GB host RAM, ~600 s/step (RTX 4090, 360p)"
+HOST_OVERHEAD = 3.0 * GB  # Python, torch, CUDA context on the host
+
+
+def lora_params(arch: Architecture, rank: int, components: Sequence[str], targets: str = "official") -> int:
+    """LoRA parameters `rank·(in + out)` summed over the wrapped Linear layers of `components`."""
+    total = 0
+
+    def tower(shape, count):
+        d, f = shape.dim, shape.ffn_dim
+        attn = 8 * rank * 2 * d  # q, k, v, o of self- and cross-attention, all dim -> dim
+        ffn = 0 if targets == "attention" else 2 * rank * (d + f)
+        return count * (attn + ffn)
+
+    if "video_dit" in components:
+        total += tower(arch.video, arch.video.num_layers)
+    if "video_dit_2" in components:
+        total += tower(arch.video, arch.video.num_layers)
+    if "audio_dit" in components:
+        total += tower(arch.audio, arch.audio.num_layers)
+    if "dual_tower_bridge" in components:
+        dv, da = arch.video.dim, arch.audio.dim
+        per_layer = rank * (2 * (dv + dv) + 2 * (da + dv)) + rank * (2 * (da + da) + 2 * (dv + da))
+        total += len(arch.bridge_layers) * per_layer
+    return total
+
+
+@dataclass
+class TrainingPlan:
+    inputs: PlanInputs
+    experts: str
+    rank: int
+    prefetch_depth: int
+    vram: Dict[str, float]
+    host: Dict[str, float]
+    page_cache_bytes: float
+    step_s: float
+    compute_s: float
+    lora_parameters: int
+    problems: List[str] = field(default_factory=list)
+
+    @property
+    def vram_peak(self) -> float:
+        return sum(self.vram.values())
+
+    @property
+    def host_peak(self) -> float:
+        return sum(self.host.values())
+
+    @property
+    def fits(self) -> bool:
+        return not self.problems
+
+    def format(self) -> str:
+        i = self.inputs
+        g = lambda b: f"{b / GB:6.2f} GB"  # noqa: E731
+        lines = [f"MOVA LoRA training plan: {i.width}x{i.height}, {i.frames} frames, rank {self.rank}, experts "
+                 f"{self.experts}, base weights {i.weights}, streamed (prefetch {self.prefetch_depth}), per-block "
+                 "checkpointing with offloaded checkpoints, cached latents",
+                 f"  budget            VRAM {g(i.vram_bytes)}  host RAM {g(i.ram_bytes)}",
+                 f"  LoRA parameters   {self.lora_parameters / 1e6:.1f} M (fp32 weights + grads + AdamW moments)",
+                 "  VRAM per step:"]
+        lines += [f"    {k:<22}{g(v)}" for k, v in self.vram.items()]
+        lines.append(f"    {'total':<22}{g(self.vram_peak)}")
+        lines.append("  host RAM (anon):")
+        lines += [f"    {k:<22}{g(v)}" for k, v in self.host.items()]
+        lines.append(f"    {'total':<22}{g(self.host_peak)}   page cache (reclaimable) {g(self.page_cache_bytes)}")
+        lines.append(f"  step time         {self.step_s:7.1f} s  (compute {self.compute_s:.1f} s at {i.tflops:.0f} TFLOP/s, "
+                     f"PCIe {i.pcie_gbps:.0f} GB/s)")
+        lines.append(f"  fits: {'yes' if self.fits else 'NO'}")
+        lines += [f"  problem: {p}" for p in self.problems]
+        lines.append(f"  compare: {OFFICIAL_LOW_RESOURCE}")
+        return "\n".join(lines)
+
+
+def plan_training(inputs: PlanInputs, arch: Optional[Architecture] = None, rank: int = 16, experts: str = "both",
+                  targets: str = "official", prefetch_depth: int = 1) -> TrainingPlan:
+    """Predict the device and host memory and the time of one training step (batch 1, no CFG)."""
+    inputs.validate()
+    arch = arch or Architecture.released()
+    fp8 = inputs.weights == "fp8"
+    modules = execution_modules(arch, inputs)
+    experts_list = {"high": ["video_dit"], "low": ["video_dit_2"], "both": ["video_dit", "video_dit_2"]}[experts]
+    components = experts_list + ["audio_dit", "dual_tower_bridge"]
+    n_lora = lora_params(arch, rank, components, targets)
+    slot = max(m.nbytes for m in modules)
+    act = activation_bytes(arch, inputs)
+    vram = {"embeddings+heads": _stem_bytes(arch),
+            "stream slots (2 passes)": 2.0 * (prefetch_depth + 1) * slot,
+            "LoRA + grads + AdamW": 16.0 * n_lora,
+            "block forward+backward": 2.0 * act,
+            "residual + its gradient": 2.0 * 2.0 * inputs.video_tokens * arch.video.dim * 2,
+            "fp8 dequant": 4.0 * arch.video.dim * arch.video.ffn_dim if fp8 else 0.0,
+            "reserve": margin_bytes(inputs.vram_bytes)}
+    per_byte = 1.0 if fp8 else 2.0
+    shared = min(arch.video.num_layers, arch.audio.num_layers)
+    saved = (arch.video.num_layers * inputs.video_tokens * arch.video.dim
+             + shared * inputs.audio_tokens(arch) * arch.audio.dim) * 2.0 + len(arch.bridge_layers) * 0
+    expert_params = arch.video.num_layers * arch.video.block_params()[0]
+    other_params = arch.audio.num_layers * arch.audio.block_params()[0] + len(arch.bridge_layers) * sum(
+        v[0] for v in arch.bridge_params().values())
+    weights = (len(experts_list) * expert_params + other_params) * per_byte
+    host = {"offloaded checkpoints": saved, "pinned staging": 2.0 * 2 * slot, "process overhead": HOST_OVERHEAD}
+    page_cache = 0.0
+    if fp8 and inputs.stored != "fp8":
+        host["fp8 weights (quantized)"] = weights
+    else:
+        page_cache = weights  # memory-mapped from the checkpoint files
+    forward_flops = sum(m.flops for m in modules)
+    compute_s = 4.0 * forward_flops / (inputs.tflops * 1e12)  # forward, recompute, backward (2x)
+    transfer_s = 2.0 * sum(m.nbytes for m in modules) / (inputs.pcie_gbps * GB)
+    step_s = max(compute_s, transfer_s) * 1.1
+    plan = TrainingPlan(inputs, experts, rank, prefetch_depth, vram, host, page_cache, step_s, compute_s, n_lora)
+    if plan.vram_peak > inputs.vram_bytes:
+        plan.problems.append(f"needs {plan.vram_peak / GB:.1f} GB of VRAM, {inputs.vram_bytes / GB:.1f} GB available: "
+                             "fewer frames or a smaller size" + ("" if fp8 else ", or fp8 base weights"))
+    if plan.host_peak > inputs.ram_bytes:
+        plan.problems.append(f"needs {plan.host_peak / GB:.1f} GB of host RAM, budget {inputs.ram_bytes / GB:.1f} GB"
+                             + ("" if inputs.stored == "fp8" else ": a pre-quantized fp8 folder keeps the weights in the page cache"))
+    return plan
+
+
+def plan_train_cli(argv: Optional[Sequence[str]] = None) -> int:
+    """`plan --train --vram GB --ram GB [--size WxH --frames N --rank R --experts high|low|both --fp8]`."""
+    parser = argparse.ArgumentParser(prog="python -m mova_model plan --train", description=plan_train_cli.__doc__)
+    parser.add_argument("--vram", type=float, required=True)
+    parser.add_argument("--ram", type=float, required=True)
+    parser.add_argument("--size", default="640x352")
+    parser.add_argument("--frames", type=int, default=193)
+    parser.add_argument("--fps", type=float, default=24.0)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--experts", choices=("high", "low", "both"), default="both")
+    parser.add_argument("--targets", choices=("official", "attention"), default="official")
+    parser.add_argument("--fp8", action="store_true")
+    parser.add_argument("--prequantized", action="store_true", help="the checkpoint folder is already fp8")
+    parser.add_argument("--prefetch", type=int, default=1)
+    parser.add_argument("--pcie", type=float, default=25.0)
+    parser.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS)
+    parser.add_argument("--checkpoint", type=Path)
+    try:
+        args = parser.parse_args(list(argv or []))
+        width, height = (int(v) for v in args.size.lower().split("x"))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    except ValueError:
+        sys.stderr.write(f"--size must look like 640x352, got {args.size!r}\n")
+        return 2
+    arch = None
+    if args.checkpoint is not None:
+        from ..checkpoint.configs import MovaConfigs
+        arch = Architecture.from_configs(MovaConfigs.from_folder(args.checkpoint))
+    inputs = PlanInputs(vram_bytes=args.vram * GB, ram_bytes=args.ram * GB, width=width, height=height,
+                        frames=args.frames, fps=args.fps, cfg_passes=1,
+                        weights="fp8" if args.fp8 or args.prequantized else "bf16",
+                        stored="fp8" if args.prequantized else "bf16", mode="budget", pcie_gbps=args.pcie,
+                        tflops=args.tflops)
+    try:
+        plan = plan_training(inputs, arch, args.rank, args.experts, args.targets, args.prefetch)
+    except ValueError as exc:
+        sys.stderr.write(f"plan --train: {exc}\n")
+        return 2
+    sys.stdout.write(plan.format() + "\n")
+    return 0 if plan.fits else 1

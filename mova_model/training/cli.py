@@ -1,0 +1,119 @@
+"""`python -m mova_model train CHECKPOINT DATASET --out FILE.safetensors [...]`: train a MOVA LoRA.
+
+Prints a progress bar with the loss on stderr and, as the last line on stdout,
+`trained: steps=N val_loss_before=X val_loss_after=Y lora=PATH`. Bad input: one line naming the problem on
+stderr, exit status 2, nothing written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import List, Optional
+
+from .trainer import EXPERT_CHOICES, LoraTrainer, TrainingError, TrainProgress, TrainSettings
+
+logger = logging.getLogger(__name__)
+
+
+def _size(text: str):
+    try:
+        w, h = text.lower().split("x")
+        return int(w), int(h)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 640x352 (got {text!r})") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m mova_model train", description="Train a MOVA LoRA (video + audio).")
+    p.add_argument("checkpoint", help="MOVA checkpoint folder (official layout)")
+    p.add_argument("dataset", help="folder of video clips with same-name .txt captions, or with metadata.json")
+    p.add_argument("--out", required=True, help="LoRA file to write (.safetensors); the resumable state goes beside it")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--rank", type=int, default=16)
+    p.add_argument("--alpha", type=float, default=16.0)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--warmup-steps", type=int, default=None, help="default: 1%% of --steps (official ratio)")
+    p.add_argument("--targets", default="official", help="official | attention | comma-separated module names")
+    p.add_argument("--experts", default="both", choices=EXPERT_CHOICES)
+    p.add_argument("--no-audio-dit", action="store_true", help="do not train the audio DiT")
+    p.add_argument("--no-bridge", action="store_true", help="do not train the bridge")
+    p.add_argument("--size", type=_size, default=(640, 352), help="WxH, multiples of 16")
+    p.add_argument("--frames", type=int, default=49, help="4k+1")
+    p.add_argument("--fps", type=float, default=24.0)
+    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--accumulation", type=int, default=1)
+    p.add_argument("--loss-weights", type=float, nargs=2, default=(1.0, 1.0), metavar=("VIDEO", "AUDIO"))
+    p.add_argument("--timestep-sampling", default="uniform", choices=("uniform", "logit_normal"))
+    p.add_argument("--caption-dropout", type=float, default=0.0)
+    p.add_argument("--save-every", type=int, default=0)
+    p.add_argument("--val-every", type=int, default=0)
+    p.add_argument("--val-items", type=int, default=4)
+    p.add_argument("--cache-dir", default=None, help="encoded-clip cache (default: <dataset>/.mova_cache)")
+    p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--resume", default=None, help="a .state.safetensors written by an earlier run")
+    p.add_argument("--init-lora", default=None, help="continue from this LoRA (same rank and targets)")
+    p.add_argument("--weights", default="as stored", choices=("as stored", "fp32", "bf16", "fp8"))
+    p.add_argument("--no-gradient-checkpointing", action="store_true")
+    p.add_argument("--vram-budget", type=float, default=None, help="GB; streams blocks on a GPU")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--strict", action="store_true", help="a bad clip is an error instead of being skipped")
+    p.add_argument("--official-pair", action="store_true", help="also write lora_weights.pt + lora_config.pt")
+    return p
+
+
+def train_cli(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    width, height = args.size
+    settings = TrainSettings(
+        steps=args.steps, rank=args.rank, alpha=args.alpha, targets=args.targets, experts=args.experts,
+        train_audio=not args.no_audio_dit, train_bridge=not args.no_bridge, width=width, height=height,
+        frames=args.frames, fps=args.fps, seed=args.seed, accumulation=args.accumulation, lr=args.lr,
+        warmup_steps=args.warmup_steps, loss_weights=tuple(args.loss_weights),
+        timestep_sampling=args.timestep_sampling, caption_dropout=args.caption_dropout,
+        save_every=args.save_every, val_every=args.val_every, val_items=args.val_items, weights=args.weights,
+        gradient_checkpointing=not args.no_gradient_checkpointing, vram_budget_gb=args.vram_budget,
+        device=args.device, strict_dataset=args.strict, official_pair=args.official_pair)
+    cache_dir = None if args.no_cache else (args.cache_dir or f"{args.dataset.rstrip('/')}/.mova_cache")
+    bar = _ProgressBar(args.steps)
+    trainer = LoraTrainer(args.checkpoint, args.dataset, args.out, settings, cache_dir=cache_dir,
+                          resume=args.resume, init_lora=args.init_lora, progress=bar.update)
+    try:
+        result = trainer.run()
+    except TrainingError as exc:
+        bar.close()
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    bar.close()
+    for name, reason in result.skipped:
+        sys.stderr.write(f"skipped {name}: {reason}\n")
+    sys.stdout.write(f"trained: steps={result.steps} val_loss_before={result.val_loss_before:.6g} "
+                     f"val_loss_after={result.val_loss_after:.6g} lora={result.lora_path}\n")
+    return 0
+
+
+class _ProgressBar:
+    def __init__(self, total: int) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+    def update(self, p: TrainProgress) -> None:
+        if p.phase != "train":
+            self.bar.set_description(p.message or p.phase)
+            return
+        self.bar.set_description("train")
+        self.bar.n = p.step
+        postfix = {}
+        if p.loss is not None:
+            postfix["loss"] = f"{p.loss:.4f}"
+        if p.val_loss is not None:
+            postfix["val"] = f"{p.val_loss:.4f}"
+        if p.lr is not None:
+            postfix["lr"] = f"{p.lr:.2e}"
+        self.bar.set_postfix(postfix)
+        self.bar.refresh()
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,140 @@
+"""Files a training run writes, each atomically (temporary file beside the target, then rename):
+
+- the LoRA: one safetensors file with the official keys (`video_dit.blocks.0.self_attn.q.lora_A.weight`, ...)
+  and metadata (rank, alpha, targets, experts, steps, dataset size, base checkpoint, settings) that
+  `mova_model.network.lora.load_lora` reads unchanged; optionally also the official pair
+  `lora_weights.pt` + `lora_config.pt` (`torch.save` of plain dicts) for users of the official code;
+- the training state for `--resume`: LoRA weights, AdamW moments, schedule, step and random-number state in
+  one safetensors file (`<lora>.state.safetensors`); nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from .cache import atomic_save_file
+from .trainable_lora import TrainableLora
+
+LORA_FORMAT = "mova-lora"
+STATE_FORMAT = "mova-lora-train-state"
+
+
+class TrainStateError(ValueError):
+    """A resume file that does not fit this run; the message says which setting differs."""
+
+
+def save_lora(lora: TrainableLora, path: Path | str, metadata: Dict[str, object], official_pair: bool = False) -> Path:
+    """Write the LoRA safetensors (and optionally the official pair in `<stem>_official/`)."""
+    path = Path(path)
+    meta = {"format": LORA_FORMAT, "rank": str(lora.rank), "alpha": repr(lora.alpha),
+            "targets": lora.targets.describe(), "modules": str(len(lora.keys()))}
+    meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
+    atomic_save_file(lora.state_tensors(), path, meta)
+    if official_pair:
+        folder = path.with_name(path.stem + "_official")
+        folder.mkdir(parents=True, exist_ok=True)
+        _atomic_torch_save(lora.state_tensors(), folder / "lora_weights.pt")
+        _atomic_torch_save({"rank": lora.rank, "alpha": lora.alpha, "target_modules": list(lora.targets.names) or ["attention"]},
+                           folder / "lora_config.pt")
+    return path
+
+
+def _atomic_torch_save(obj: object, path: Path) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
+    os.close(fd)
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def state_path_for(lora_path: Path | str) -> Path:
+    lora_path = Path(lora_path)
+    return lora_path.with_name(lora_path.stem + ".state.safetensors")
+
+
+@dataclass
+class TrainState:
+    """What `--resume` restores. step: optimizer steps done; identity: settings that must match."""
+
+    step: int
+    lora: Dict[str, torch.Tensor]
+    optimizer: Dict[str, torch.Tensor]
+    optimizer_steps: Dict[str, float]
+    schedule: dict
+    rng: torch.Tensor
+    losses: list
+    identity: dict
+
+
+def save_state(path: Path | str, step: int, lora: TrainableLora, optimizer: torch.optim.Optimizer, schedule,
+               rng: torch.Generator, losses: list, identity: dict) -> Path:
+    """Write the full training state atomically."""
+    tensors = {f"lora.{k}": v for k, v in lora.state_tensors().items()}
+    steps = {}
+    for name, param in lora.named_lora_parameters():
+        state = optimizer.state.get(param) or {}
+        if "exp_avg" in state:
+            tensors[f"opt.{name}.exp_avg"] = state["exp_avg"].detach().cpu().contiguous()
+            tensors[f"opt.{name}.exp_avg_sq"] = state["exp_avg_sq"].detach().cpu().contiguous()
+            steps[name] = float(state["step"])
+    tensors["rng"] = rng.get_state()
+    meta = {"format": STATE_FORMAT, "step": str(step), "optimizer_steps": json.dumps(steps),
+            "schedule": json.dumps(schedule.state_dict()), "losses": json.dumps(losses),
+            "identity": json.dumps(identity, sort_keys=True)}
+    return atomic_save_file(tensors, Path(path), meta)
+
+
+def load_state(path: Path | str) -> TrainState:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainStateError(f"resume file {path} not found")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except Exception as exc:
+        raise TrainStateError(f"{path}: not a readable training state ({exc})") from exc
+    if meta.get("format") != STATE_FORMAT:
+        raise TrainStateError(f"{path}: not a MOVA LoRA training state (format {meta.get('format')!r})")
+    lora = {k[5:]: v for k, v in tensors.items() if k.startswith("lora.")}
+    opt = {k[4:]: v for k, v in tensors.items() if k.startswith("opt.")}
+    return TrainState(int(meta["step"]), lora, opt, json.loads(meta["optimizer_steps"]), json.loads(meta["schedule"]),
+                      tensors["rng"], json.loads(meta.get("losses", "[]")), json.loads(meta["identity"]))
+
+
+def restore_state(state: TrainState, lora: TrainableLora, optimizer: torch.optim.Optimizer, schedule,
+                  rng: torch.Generator, identity: dict) -> None:
+    """Load `state` into a freshly built run; raises `TrainStateError` if a setting that shapes it differs."""
+    for key, value in identity.items():
+        if key in state.identity and state.identity[key] != value:
+            raise TrainStateError(f"cannot resume: {key} was {state.identity[key]!r} in the saved run and is {value!r} now")
+    lora.load_pairs(state.lora, strict=True)
+    for name, param in lora.named_lora_parameters():
+        if name in state.optimizer_steps:
+            optimizer.state[param] = {
+                "step": torch.tensor(state.optimizer_steps[name], dtype=torch.float32),
+                "exp_avg": state.optimizer[f"{name}.exp_avg"].to(param.device).clone(),
+                "exp_avg_sq": state.optimizer[f"{name}.exp_avg_sq"].to(param.device).clone(),
+            }
+    schedule.load_state_dict(state.schedule)
+    for group, lr in zip(optimizer.param_groups, schedule.get_last_lr()):
+        group["lr"] = lr  # the chainable schedules read the current lr from the group
+    rng.set_state(state.rng)
+
+
+def read_lora_metadata(path: Path | str) -> Dict[str, str]:
+    with safe_open(str(path), framework="pt") as handle:
+        return dict(handle.metadata() or {})

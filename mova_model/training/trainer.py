@@ -1,0 +1,365 @@
+"""The LoRA training loop: dataset -> cached encodings -> DiTs with a trainable LoRA -> steps -> files.
+
+Per optimizer step, `accumulation` micro-steps each pick the video expert as the official trainer does
+(`experts="both"` alternates with the micro-step counter: even = high-noise `video_dit`, odd = low-noise
+`video_dit_2`), draw (timestep, noises) from the run's generator in the official order, and backpropagate
+`loss / accumulation`; then clip, AdamW and the schedule (`optimizer.py`). The validation loss is the mean
+loss over a fixed set of (clip, expert, timestep, noise) drawn once from its own seed, evaluated before
+training, every `val_every` steps and at the end. Checkpoints (`files.py`) are written every `save_every`
+steps, on interruption (for the last completed step) and at the end; all writes are atomic.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
+
+import torch
+
+from ..checkpoint.folder import MovaCheckpoint, build_meta_module
+from ..checkpoint.weights import CheckpointError
+from ..network.lora import LoraError, load_lora
+from ..sampling.scheduler import FlowMatchPairScheduler
+from .cache import encode_dataset
+from .dataset import ClipGeometry, DatasetError, scan_dataset
+from .encoding import ClipEncoders
+from .files import TrainStateError, load_state, restore_state, save_lora, save_state, state_path_for
+from .models import TrainingModels
+from .optimizer import OptimizerSettings, build_optimizer, clip_and_step
+from .step import EncodedClip, StepDraw, StepOptions, draw_step
+from .targets import LoraTargets, TargetError
+from .timesteps import HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT, TrainingTimesteps, expert_for_step
+from .trainable_lora import TrainableLora
+
+logger = logging.getLogger(__name__)
+
+EXPERT_CHOICES = ("high", "low", "both")
+WEIGHT_CHOICES = ("as stored", "fp32", "bf16", "fp8")
+VALIDATION_SEED_OFFSET = 1_000_003
+INIT_SEED_OFFSET = 7_919
+
+
+class TrainingError(ValueError):
+    """Bad training input; the message says what was wrong and what is allowed. Nothing has been written."""
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Everything a run needs besides the paths. Sizes in pixels; steps count optimizer steps."""
+
+    steps: int = 100
+    rank: int = 16
+    alpha: float = 16.0
+    targets: str = "official"
+    experts: str = "both"
+    train_audio: bool = True
+    train_bridge: bool = True
+    width: int = 640
+    height: int = 352
+    frames: int = 49
+    fps: float = 24.0
+    seed: int = 42
+    accumulation: int = 1
+    lr: float = 1e-4
+    warmup_steps: Optional[int] = None
+    min_lr: float = 1e-6
+    clip_norm: float = 1.0
+    weight_decay: float = 0.01
+    loss_weights: Tuple[float, float] = (1.0, 1.0)
+    timestep_sampling: str = "uniform"
+    caption_dropout: float = 0.0
+    save_every: int = 0
+    val_every: int = 0
+    val_items: int = 4
+    weights: str = "as stored"
+    gradient_checkpointing: bool = True
+    vram_budget_gb: Optional[float] = None
+    device: str = "cpu"
+    strict_dataset: bool = False
+    official_pair: bool = False
+
+    def optimizer_settings(self) -> OptimizerSettings:
+        warmup = self.warmup_steps if self.warmup_steps is not None else int(self.steps * 0.01)
+        return OptimizerSettings(lr=self.lr, weight_decay=self.weight_decay, clip_norm=self.clip_norm,
+                                 warmup_steps=warmup, max_steps=self.steps, min_lr=self.min_lr)
+
+    def step_options(self) -> StepOptions:
+        return StepOptions(loss_weights=tuple(self.loss_weights), timestep_sampling=self.timestep_sampling,
+                           caption_dropout=self.caption_dropout)
+
+    def validate(self) -> None:
+        problems = []
+        if self.steps < 1:
+            problems.append(f"steps must be at least 1 (got {self.steps})")
+        if self.rank < 1:
+            problems.append(f"rank must be at least 1 (got {self.rank})")
+        if not self.alpha > 0:
+            problems.append(f"alpha must be positive (got {self.alpha})")
+        if self.experts not in EXPERT_CHOICES:
+            problems.append(f"experts must be one of {', '.join(EXPERT_CHOICES)} (got {self.experts!r})")
+        if self.weights not in WEIGHT_CHOICES:
+            problems.append(f"weights must be one of {', '.join(WEIGHT_CHOICES)} (got {self.weights!r})")
+        if self.accumulation < 1:
+            problems.append(f"gradient accumulation must be at least 1 (got {self.accumulation})")
+        if not 0 <= self.caption_dropout < 1:
+            problems.append(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
+        if self.timestep_sampling not in ("uniform", "logit_normal"):
+            problems.append(f"timestep sampling must be 'uniform' or 'logit_normal' (got {self.timestep_sampling!r})")
+        if len(self.loss_weights) != 2 or min(self.loss_weights) < 0 or sum(self.loss_weights) <= 0:
+            problems.append(f"loss weights must be two non-negative numbers, not both 0 (got {self.loss_weights})")
+        if self.save_every < 0 or self.val_every < 0 or self.val_items < 1:
+            problems.append("save_every and val_every must be >= 0 and val_items >= 1")
+        try:
+            self.optimizer_settings().validate()
+            ClipGeometry(self.width, self.height, self.frames, self.fps, 1).validate()
+            LoraTargets.parse(self.targets)
+        except (ValueError, DatasetError, TargetError) as exc:
+            problems.append(str(exc))
+        if problems:
+            raise TrainingError("invalid training settings: " + "; ".join(problems))
+
+    def experts_trained(self) -> Tuple[str, ...]:
+        return {"high": (HIGH_NOISE_EXPERT,), "low": (LOW_NOISE_EXPERT,),
+                "both": (HIGH_NOISE_EXPERT, LOW_NOISE_EXPERT)}[self.experts]
+
+    def identity(self) -> dict:
+        """The settings a resumed run must share with the saved one."""
+        keys = ("rank", "alpha", "targets", "experts", "train_audio", "train_bridge", "width", "height", "frames",
+                "fps", "seed", "accumulation", "lr", "warmup_steps", "min_lr", "steps", "timestep_sampling")
+        data = asdict(self)
+        return {k: data[k] for k in keys}
+
+
+@dataclass
+class TrainProgress:
+    """Reported after every optimizer step (and once per phase change). loss: mean over the micro-steps."""
+
+    phase: str
+    step: int
+    steps: int
+    loss: Optional[float] = None
+    lr: Optional[float] = None
+    val_loss: Optional[float] = None
+    message: str = ""
+
+
+@dataclass
+class TrainResult:
+    steps: int
+    val_loss_before: float
+    val_loss_after: float
+    lora_path: Path
+    state_path: Path
+    losses: List[Tuple[int, float]] = field(default_factory=list)
+    val_losses: List[Tuple[int, float]] = field(default_factory=list)
+    clips: int = 0
+    skipped: List[Tuple[str, str]] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def _check_paths(out_path: Path, dataset: Path, checkpoint_dir: Path) -> None:
+    if out_path.suffix != ".safetensors":
+        raise TrainingError(f"output {out_path}: the LoRA file name must end in .safetensors")
+    if not out_path.parent.is_dir():
+        raise TrainingError(f"output {out_path}: folder {out_path.parent} does not exist")
+    if not dataset.is_dir():
+        raise TrainingError(f"dataset {dataset}: folder not found (give a folder of clips with .txt captions, or with metadata.json)")
+    if not checkpoint_dir.is_dir():
+        raise TrainingError(f"checkpoint {checkpoint_dir}: folder not found (give a MOVA checkpoint folder)")
+
+
+def validation_set(clips: List[EncodedClip], experts: Tuple[str, ...], timesteps: TrainingTimesteps, seed: int,
+                   count: int) -> List[Tuple[int, StepDraw]]:
+    """Fixed (clip index, draw) pairs: the first `count` clips × each trained expert, from their own seed."""
+    generator = torch.Generator().manual_seed(seed + VALIDATION_SEED_OFFSET)
+    items = []
+    for index in range(min(count, len(clips))):
+        for expert in experts:
+            items.append((index, draw_step(timesteps, clips[index], expert, generator)))
+    return items
+
+
+def clip_order(step: int, micro: int, accumulation: int, count: int, seed: int) -> int:
+    """Clip index of a micro-step: a fresh seeded permutation per epoch (stateless, so resume is exact)."""
+    position = step * accumulation + micro
+    epoch, offset = divmod(position, count)
+    perm = torch.randperm(count, generator=torch.Generator().manual_seed(seed * 7_907 + epoch))
+    return int(perm[offset])
+
+
+class LoraTrainer:
+    """One training run. `run()` returns a `TrainResult`; `progress(TrainProgress)` may raise to cancel."""
+
+    def __init__(self, checkpoint: Path | str, dataset: Path | str, out_path: Path | str, settings: TrainSettings,
+                 cache_dir: Optional[Path | str] = None, resume: Optional[Path | str] = None,
+                 init_lora: Optional[Path | str] = None,
+                 progress: Optional[Callable[[TrainProgress], None]] = None) -> None:
+        self.checkpoint_dir, self.dataset = Path(checkpoint), Path(dataset)
+        self.out_path = Path(out_path)
+        self.settings = settings
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.resume = Path(resume) if resume is not None else None
+        self.init_lora = Path(init_lora) if init_lora is not None else None
+        self.progress = progress or (lambda p: None)
+
+    # -- preparation: everything that can fail on bad input happens before the first write ----------
+    def _prepare(self):
+        s = self.settings
+        s.validate()
+        _check_paths(self.out_path, self.dataset, self.checkpoint_dir)
+        try:
+            checkpoint = MovaCheckpoint.open(self.checkpoint_dir)
+            checkpoint.validate()
+        except (CheckpointError, ValueError, OSError) as exc:
+            raise TrainingError(f"checkpoint {self.checkpoint_dir}: {exc}") from exc
+        state = None
+        if self.resume is not None:
+            try:
+                state = load_state(self.resume)
+            except TrainStateError as exc:
+                raise TrainingError(str(exc)) from exc
+        init = None
+        if self.init_lora is not None:
+            try:
+                init = load_lora(self.init_lora)
+            except LoraError as exc:
+                raise TrainingError(f"continue-from LoRA: {exc}") from exc
+        geometry = ClipGeometry(s.width, s.height, s.frames, s.fps, int(checkpoint.configs.audio_vae.sample_rate))
+        self.progress(TrainProgress("encode", 0, s.steps, message="encoding clips"))
+        try:
+            scan = scan_dataset(self.dataset)
+            clips, skipped = encode_dataset(
+                scan, geometry, checkpoint, self.cache_dir,
+                lambda: ClipEncoders(checkpoint, s.device, torch.bfloat16 if s.device != "cpu" else torch.float32),
+                strict=s.strict_dataset, empty_caption=s.caption_dropout > 0)
+        except DatasetError as exc:
+            raise TrainingError(f"dataset: {exc}") from exc
+        return checkpoint, state, init, clips, skipped
+
+    def _build_lora(self, checkpoint: MovaCheckpoint, models: TrainingModels) -> TrainableLora:
+        s = self.settings
+        components = list(s.experts_trained())
+        if s.train_audio:
+            components.append("audio_dit")
+        if s.train_bridge:
+            components.append("dual_tower_bridge")
+        metas = {name: build_meta_module(name, checkpoint.config(name)) for name in components}
+        try:
+            lora = TrainableLora.for_modules(metas, s.rank, s.alpha, LoraTargets.parse(s.targets), device=models.device)
+        except LoraError as exc:
+            raise TrainingError(str(exc)) from exc
+        lora.reset_official(torch.Generator().manual_seed(s.seed + INIT_SEED_OFFSET))
+        return lora
+
+    # -- the run ------------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train; hosts that call nodes under `torch.inference_mode()` (ComfyUI) are fine: autograd is re-enabled."""
+        with torch.inference_mode(False), torch.enable_grad():
+            return self._run()
+
+    def _run(self) -> TrainResult:
+        s = self.settings
+        checkpoint, state, init, clips, skipped = self._prepare()
+        timesteps = TrainingTimesteps.from_scheduler(FlowMatchPairScheduler(checkpoint.configs.scheduler),
+                                                     checkpoint.configs.index.boundary_ratio)
+        for expert in s.experts_trained():
+            lo, hi = timesteps.index_range(expert)
+            if int(hi * timesteps.count) <= int(lo * timesteps.count):
+                raise TrainingError(f"the {expert} expert has no training timesteps with boundary_ratio "
+                                    f"{timesteps.boundary_ratio}; train the other expert")
+        models = TrainingModels(checkpoint, s.device, s.weights, s.gradient_checkpointing, s.vram_budget_gb,
+                                clip_size=(s.width, s.height, s.frames, s.fps), experts=s.experts)
+        lora = self._build_lora(checkpoint, models)
+        if init is not None:
+            try:
+                lora.load_weights(init)
+            except LoraError as exc:
+                raise TrainingError(f"continue-from LoRA: {exc}") from exc
+        params = lora.lora_parameters()
+        optimizer, schedule = build_optimizer(params, s.optimizer_settings())
+        generator = torch.Generator().manual_seed(s.seed)
+        start, losses = 0, []
+        if state is not None:
+            try:
+                restore_state(state, lora, optimizer, schedule, generator, s.identity())
+            except (TrainStateError, LoraError) as exc:
+                raise TrainingError(str(exc)) from exc
+            start, losses = state.step, [tuple(x) for x in state.losses]
+            if start >= s.steps:
+                raise TrainingError(f"resume: the saved run already did {start} of {s.steps} steps; ask for more steps")
+        models.attach(lora)
+        options = s.step_options()
+        val_items = validation_set(clips, s.experts_trained(), timesteps, s.seed, s.val_items)
+        state_path = state_path_for(self.out_path)
+        identity = s.identity()
+        meta = {"experts": s.experts, "dataset_size": str(len(clips)), "base_checkpoint": checkpoint.root.name,
+                "settings": asdict(s)}
+        try:
+            val_before = self._validate(models, clips, val_items, timesteps, options)
+            val_losses = [(start, val_before)]
+            self.progress(TrainProgress("train", start, s.steps, val_loss=val_before, message="validation before training"))
+            completed_rng = generator.get_state()
+            try:
+                for step in range(start, s.steps):
+                    loss, lr = self._one_step(step, models, clips, timesteps, options, generator, optimizer, schedule, params)
+                    completed_rng = generator.get_state()
+                    losses.append((step + 1, loss))
+                    val = None
+                    if s.val_every and (step + 1) % s.val_every == 0 and step + 1 < s.steps:
+                        val = self._validate(models, clips, val_items, timesteps, options)
+                        val_losses.append((step + 1, val))
+                    if s.save_every and (step + 1) % s.save_every == 0 and step + 1 < s.steps:
+                        self._save(lora, optimizer, schedule, generator, losses, identity, step + 1, meta, state_path)
+                    self.progress(TrainProgress("train", step + 1, s.steps, loss=loss, lr=lr, val_loss=val))
+            except BaseException:
+                done = len(losses)
+                if done > start:
+                    # keep the last completed step: parameters, moments and schedule change only at its end
+                    generator.set_state(completed_rng)
+                    optimizer.zero_grad(set_to_none=True)
+                    self._save(lora, optimizer, schedule, generator, losses, identity, done, meta, state_path)
+                raise
+            val_after = self._validate(models, clips, val_items, timesteps, options)
+            val_losses.append((s.steps, val_after))
+            self._save(lora, optimizer, schedule, generator, losses, identity, s.steps, meta, state_path)
+        finally:
+            models.release()
+        return TrainResult(s.steps, val_before, val_after, self.out_path, state_path, losses, val_losses,
+                           len(clips), skipped)
+
+    def _one_step(self, step, models, clips, timesteps, options, generator, optimizer, schedule, params):
+        s = self.settings
+        lr = optimizer.param_groups[0]["lr"]
+        total = 0.0
+        for micro in range(s.accumulation):
+            global_step = step * s.accumulation + micro
+            expert = expert_for_step(global_step, s.experts)
+            clip = clips[clip_order(step, micro, s.accumulation, len(clips), s.seed)]
+            draw = draw_step(timesteps, clip, expert, generator, options)
+            result = models.step(expert, clip, draw, timesteps, options)
+            (result.loss / s.accumulation).backward()
+            total += float(result.loss.detach())
+            if not math.isfinite(total):
+                raise FloatingPointError(f"step {step + 1}: the loss is not finite ({total}); lower the learning rate")
+        clip_and_step(optimizer, schedule, params, s.clip_norm)
+        return total / s.accumulation, lr
+
+    @torch.no_grad()
+    def _validate(self, models, clips, items, timesteps, options) -> float:
+        plain = replace(options, caption_dropout=0.0)
+        values = [float(models.step(draw.expert, clips[i], draw, timesteps, plain, grad=False).loss) for i, draw in items]
+        return sum(values) / len(values)
+
+    def _save(self, lora, optimizer, schedule, generator, losses, identity, step, meta, state_path) -> None:
+        save_state(state_path, step, lora, optimizer, schedule, generator, losses, identity)
+        save_lora(lora, self.out_path, dict(meta, steps=str(step)), official_pair=self.settings.official_pair)
+        logger.info("saved %s at step %d", self.out_path, step)
+
+
+def train_lora(checkpoint: Path | str, dataset: Path | str, out_path: Path | str, settings: TrainSettings,
+               **kwargs) -> TrainResult:
+    """Convenience wrapper: `LoraTrainer(...).run()`."""
+    return LoraTrainer(checkpoint, dataset, out_path, settings, **kwargs).run()
