@@ -21,6 +21,7 @@ from ..mova_model.network.lora import LoraPatch, load_lora
 from ..mova_model.training.dataset import ClipGeometry, DatasetError, load_clip, scan_dataset
 from ..mova_model.training.loss_curve import render_loss_curve
 from ..mova_model.training.trainer import LoraTrainer, TrainingError, TrainProgress, TrainSettings
+from .combos import check_combos
 from .types import MovaModel, handle_of
 
 logger = logging.getLogger(__name__)
@@ -162,6 +163,7 @@ class MovaTrainLora(io.ComfyNode):
         import comfy.model_management as mm
         import comfy.utils
 
+        check_combos(cls, targets=targets, experts=experts, weights=weights)
         handle = handle_of(model)
         if not isinstance(dataset, DatasetRef):
             raise ValueError("dataset: connect the output of a MOVA Training Dataset node")
