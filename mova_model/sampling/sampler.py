@@ -102,6 +102,7 @@ class SamplingStats:
     passes_per_step: list = field(default_factory=list)
     skipped_passes: int = 0
     skipped_per_step: list = field(default_factory=list)
+    compile_s: float = 0.0
 
 
 def seeded_noise(seed: int, video_shape: Tuple[int, ...], audio_shape: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
