@@ -227,6 +227,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for threshold, skipped, total, err, seconds in table:
         out.write(f"{threshold:>9g} {skipped:>5d}/{total:<5d} {err['video_rel']:>10.2e} {err['audio_rel']:>10.2e} "
                   f"{err['video_max']:>10.2e} {seconds:>7.1f}\n")
+    from mova_model.sampling.step_cache import MAX_DEFAULT_ERROR
+    within = [t for t, _, _, err, _ in table if max(err["video_rel"], err["audio_rel"]) <= MAX_DEFAULT_ERROR]
+    out.write(f"largest threshold with video and audio rel <= {MAX_DEFAULT_ERROR:g}: {max(within):g}\n")
     return 0
 
 
