@@ -101,10 +101,10 @@ def step_times(args: argparse.Namespace, dtype: torch.dtype) -> Tuple[List[tuple
         return lambda: run_branches(models, step, branches, batch=batch)
 
     with torch.no_grad():
-        _, base = _time(step_fn(), args.repeat, args.device)
-        rows.append(("all off (baseline)", base, base, 1.0))
-        _, batched = _time(step_fn(batch=True), args.repeat, args.device)
-        rows.append(("batch_guidance", batched, batched, base / batched))
+        first, base = _time(step_fn(), args.repeat, args.device)
+        rows.append(("all off (baseline)", first, base, 1.0))
+        first, batched = _time(step_fn(batch=True), args.repeat, args.device)
+        rows.append(("batch_guidance", first, batched, base / batched))
         for backend in ("flash", "sage"):
             try:
                 resolve_backend(backend, args.device)
@@ -112,8 +112,8 @@ def step_times(args: argparse.Namespace, dtype: torch.dtype) -> Tuple[List[tuple
                 not_run.append((f"attention={backend}", str(exc).split(";")[0]))
                 continue
             with use_attention_backend(backend, args.device):
-                _, t = _time(step_fn(), args.repeat, args.device)
-            rows.append((f"attention={backend}", t, t, base / t))
+                first, t = _time(step_fn(), args.repeat, args.device)
+            rows.append((f"attention={backend}", first, t, base / t))
         if args.no_compile:
             not_run.append(("compile_blocks", "skipped with --no-compile"))
         else:
@@ -129,11 +129,11 @@ def step_times(args: argparse.Namespace, dtype: torch.dtype) -> Tuple[List[tuple
         else:
             for root in (models.expert, models.audio_dit, models.bridge):
                 quantize_module_(root)
-            _, cast = _time(step_fn(), args.repeat, args.device)
-            rows.append(("fp8 weights, cast path", cast, cast, base / cast))
+            first, cast = _time(step_fn(), args.repeat, args.device)
+            rows.append(("fp8 weights, cast path", first, cast, base / cast))
             with use_fp8_matmul(True, args.device):
-                _, scaled = _time(step_fn(), args.repeat, args.device)
-            rows.append(("fp8 weights + fp8_matmul", scaled, scaled, base / scaled))
+                first, scaled = _time(step_fn(), args.repeat, args.device)
+            rows.append(("fp8 weights + fp8_matmul", first, scaled, base / scaled))
     return rows, not_run
 
 
