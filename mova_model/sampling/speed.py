@@ -31,8 +31,9 @@ logger = logging.getLogger(__name__)
 
 BATCH_GUIDANCE_MODES = ("off", "auto", "on")
 BATCH_GUIDANCE_ON_CPU = False
-"""`auto` on the CPU: separate passes. bench/speed.py on the 2-core CPU box measured batched guidance at about
-the speed of two separate passes (no gain for the extra memory); see README "Speed options"."""
+"""`auto` on the CPU: separate passes. bench/speed.py on the 2-core CPU box measured batched guidance at 1.05x
+(110.5 s vs 115.7 s per 2-pass step, within the noise of that shared machine) for twice the activation memory;
+see README "Speed options"."""
 COMPILED_COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
 
 

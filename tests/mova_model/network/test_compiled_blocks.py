@@ -142,3 +142,23 @@ def test_pipeline_with_compiled_blocks_and_lora(tiny_pipe, tiny_cond, monkeypatc
     # the cached modules are back to eager for pipelines without the option
     assert all(getattr(m, "_compiled_call_impl", None) is None for m in tiny_pipe.cache.get("audio_dit").blocks)
     assert compiled_lora_pipe.speed.compile_blocks
+
+
+def test_switching_fp8_matmul_recompiles_instead_of_reusing_the_cast_graph(monkeypatch):
+    from mova_model.network import fp8_matmul
+
+    block = _block(8)
+    quantize_module_(block)
+    args = _inputs(9)
+    with torch.no_grad():
+        eager = {}
+        for on in (False, True):
+            monkeypatch.setattr(fp8_matmul._STATE, "enabled", on)
+            eager[on] = block(*args)
+        timer = CompileTimer()
+        compile_blocks([block], timer, backend="aot_eager")
+        for on in (False, True):
+            monkeypatch.setattr(fp8_matmul._STATE, "enabled", on)
+            assert _close(block(*args), eager[on], 1e-6), on
+    uncompile_blocks([block])
+    assert not _close(eager[True], eager[False], 1e-3) and timer.compiles == 2
