@@ -9,6 +9,8 @@ from comfy_api.latest import io
 from ..mova_model.memory.model_store import MEMORY_MODES, WEIGHT_MODES, MemoryOptions
 from ..mova_model.sampling.pipeline import MovaPipeline
 from .combos import check_combos
+from ..mova_model.sampling.speed import BATCH_GUIDANCE_MODES, SpeedOptions
+from ..mova_model.network.attention import ATTENTION_BACKENDS
 from .paths import checkpoint_folders, checkpoint_path
 from .types import MovaModel, MovaModelHandle
 
@@ -86,6 +88,18 @@ class MovaLoader(io.ComfyNode):
                                        "(half the VRAM and transfer; small quality cost)."),
                 io.Int.Input("prefetch_depth", default=0, min=0, max=8, optional=True,
                              tooltip="Advanced: blocks copied ahead of use when streaming (0 = the planner decides)."),
+                io.Combo.Input("attention", options=list(ATTENTION_BACKENDS), default="sdpa", optional=True,
+                               tooltip="Speed: sdpa (PyTorch, default), flash (flash-attn), sage (sageattention), "
+                                       "auto (best installed for the device). flash/sage need a CUDA GPU."),
+                io.Boolean.Input("compile_blocks", default=False, optional=True,
+                                 tooltip="Speed: torch.compile the video/audio blocks and bridge layers (first "
+                                         "steps slower while compiling; the compile time is logged)."),
+                io.Combo.Input("batch_guidance", options=list(BATCH_GUIDANCE_MODES), default="off", optional=True,
+                               tooltip="Speed: run the CFG branches of a step as one batch. auto: when the memory "
+                                       "plan fits (GPU); separate passes on CPU."),
+                io.Boolean.Input("fp8_matmul", default=False, optional=True,
+                                 tooltip="Speed: with fp8 weights, multiply in fp8 (torch._scaled_mm) on GPUs of "
+                                         "compute capability 8.9+; elsewhere the usual cast path."),
             ],
             outputs=[MovaModel.Output(display_name="model"), io.String.Output(display_name="plan")],
         )
@@ -101,14 +115,20 @@ class MovaLoader(io.ComfyNode):
 
     @classmethod
     def execute(cls, checkpoint: str, dtype: str, device: str, memory_mode: str = "auto", vram_budget_gb: float = 12.0,
-                weights: str = "as stored", prefetch_depth: int = 0) -> io.NodeOutput:
-        check_combos(cls, checkpoint=checkpoint, dtype=dtype, device=device, memory_mode=memory_mode, weights=weights)
+                weights: str = "as stored", prefetch_depth: int = 0, attention: str = "sdpa",
+                compile_blocks: bool = False, batch_guidance: str = "off", fp8_matmul: bool = False) -> io.NodeOutput:
+        check_combos(cls, checkpoint=checkpoint, dtype=dtype, device=device, memory_mode=memory_mode, weights=weights,
+                     attention=attention, batch_guidance=batch_guidance)
         folder = checkpoint_path(checkpoint)
         torch_device = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, torch_device)
         memory = MemoryOptions(mode=memory_mode, vram_budget_gb=float(vram_budget_gb), weights=weights,
                                prefetch_depth=int(prefetch_depth) or None)
-        pipeline = MovaPipeline.from_pretrained(folder, device=torch_device, dtype=torch_dtype, memory=memory)
+        speed = SpeedOptions(attention=attention, compile_blocks=bool(compile_blocks), batch_guidance=batch_guidance,
+                             fp8_matmul=bool(fp8_matmul))
+        speed.check_device(torch_device)  # a missing attention package is reported here, naming what to install
+        pipeline = MovaPipeline.from_pretrained(folder, device=torch_device, dtype=torch_dtype, memory=memory,
+                                                speed=speed)
         if torch_device.type == "cuda":
             pipeline.free_vram_probe = host_vram_probe(torch_device)
         import comfy.model_management as mm

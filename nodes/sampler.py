@@ -12,6 +12,8 @@ from comfy_api.latest import io
 from ..mova_model.sampling.guidance import GuidanceConfig
 from ..mova_model.sampling.preview import latent_preview_rgb
 from ..mova_model.sampling.sampler import StepInfo
+from ..mova_model.sampling.step_cache import StepCacheConfig
+from .step_cache import MovaStepCache
 from .types import MovaConditioning, MovaGuidance, MovaHeld, MovaModel, conditioning_of, handle_of, latents_to_comfy
 
 logger = logging.getLogger(__name__)
@@ -70,23 +72,31 @@ class MovaJointSampler(io.ComfyNode):
                                    tooltip="From MOVA Guidance: dual CFG (text + bridge) and per-modality scales."),
                 MovaHeld.Input("held", optional=True,
                                tooltip="From MOVA Audio Driver (A2V) or MOVA Video Driver (V2A): a stream kept fixed."),
+                MovaStepCache.Input("step_cache", optional=True,
+                                    tooltip="From MOVA Step Cache: skip passes whose output barely changes."),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
             hidden=[io.Hidden.unique_id],
         )
 
     @classmethod
-    def execute(cls, model, conditioning, seed: int, steps: int, cfg: float, guidance=None, held=None) -> io.NodeOutput:
+    def execute(cls, model, conditioning, seed: int, steps: int, cfg: float, guidance=None, held=None,
+                step_cache=None) -> io.NodeOutput:
         handle = handle_of(model)
         conditioning = conditioning_of(conditioning)
         pipe = handle.pipeline
         config = guidance if isinstance(guidance, GuidanceConfig) else GuidanceConfig(text_scale=float(cfg))
         callback = make_step_callback(steps, pipe.configs.video_vae.z_dim, cls.hidden.unique_id)
         try:
-            latents = pipe.sample(conditioning, seed=seed, steps=steps, guidance=config, held=held, callback=callback)
+            latents = pipe.sample(conditioning, seed=seed, steps=steps, guidance=config, held=held, callback=callback,
+                                  step_cache=step_cache if isinstance(step_cache, StepCacheConfig) else None)
         except BaseException:
             pipe.release_all()
             raise
+        stats = pipe.last_stats
+        if stats is not None and step_cache is not None:
+            logger.info("MOVA Joint Sampler: step cache skipped %d of %d passes", stats.skipped_passes,
+                        stats.skipped_passes + sum(stats.passes_per_step))
         return io.NodeOutput(latents_to_comfy(latents))
 
 

@@ -286,7 +286,7 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bo
     act = activation_bytes(arch, inputs)
     dequant = 4.0 * arch.video.dim * arch.video.ffn_dim if fp8 else 0.0
     fixed = _stem_bytes(arch) + act + dequant + margin
-    flops_per_s = inputs.tflops * 1e12
+    flops_per_s = inputs.tflops * 1e12 / max(1, inputs.guidance_batch)  # a batched pass computes B rows
     problems: List[str] = []
     notes: List[str] = []
 
@@ -348,7 +348,7 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bo
     if fp8:
         dequant_s = sum(m.nbytes for m in modules) * 7.0 / (inputs.hbm_gbps * GB)
         pass_s += dequant_s
-    passes = inputs.cfg_passes
+    passes = math.ceil(inputs.cfg_passes / max(1, inputs.guidance_batch))
     plan = MemoryPlan(
         inputs=inputs, fits=not problems, mode="cannot-fit" if problems and mode == "streamed" else mode,
         prefetch_depth=depth, pin=pin, modules=modules, text_encoder=te_mode, vae_tiled=vae_tiled,

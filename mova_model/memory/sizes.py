@@ -193,6 +193,7 @@ class PlanInputs:
     variant: str = ""
     device: str = "cuda"  # "cuda": plan VRAM (and host RAM for streaming); "cpu": everything in host RAM
     compute_bytes: int = 2  # element size of the compute dtype (2: bf16/fp16, 4: float32)
+    guidance_batch: int = 1  # guidance branches run together in one batched pass (sampling/branch_runner.py)
 
     def validate(self) -> None:
         if self.weights not in ("bf16", "fp8") or self.stored not in ("bf16", "fp8"):
@@ -269,7 +270,7 @@ def execution_modules(arch: Architecture, inputs: PlanInputs) -> List[ModulePlan
 
 
 def activation_bytes(arch: Architecture, inputs: PlanInputs) -> float:
-    """Peak activation memory of one dual-tower pass (bytes), B = 1, bf16 activations.
+    """Peak activation memory of one dual-tower pass (bytes), B = `inputs.guidance_batch`, bf16 activations.
 
     Self-attention holds x, the modulated input, q, k, v, roped q/k and the attention output (~8 copies of
     [N, D] bf16 = 16·N·D bytes) plus the float64 RoPE groups; the FFN holds x, the modulated input and two
@@ -280,7 +281,7 @@ def activation_bytes(arch: Architecture, inputs: PlanInputs) -> float:
     ffn = 8.0 * n * d + 4.0 * n * f
     freqs = n * (arch.video.head_dim // 2) * 16.0
     audio = 20.0 * inputs.audio_tokens(arch) * arch.audio.ffn_dim
-    return (max(attn, ffn) + freqs + audio) * ACT_SLACK
+    return (max(attn, ffn) + freqs + audio) * ACT_SLACK * max(1, inputs.guidance_batch)
 
 
 def vae_bytes(arch: Architecture, inputs: PlanInputs, tiled: bool) -> float:

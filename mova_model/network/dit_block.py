@@ -20,10 +20,9 @@ import logging
 from typing import Optional, Tuple
 
 import torch
-import torch.nn.functional as F
-from einops import rearrange
 from torch import nn
 
+from .attention import attend
 from .ops import FP8_DTYPE, Operations
 from .rope import apply_complex_rope
 
@@ -64,9 +63,7 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
     """Softmax attention without mask, scale 1/sqrt(head_dim): q [B, Sq, H*D], k/v [B, Sk, H*D] -> [B, Sq, H*D]."""
-    q, k, v = (rearrange(t, "b s (n d) -> b n s d", n=num_heads) for t in (q, k, v))
-    out = F.scaled_dot_product_attention(q, k, v)
-    return rearrange(out, "b n s d -> b s (n d)")
+    return attend(q, k, v, num_heads)  # backend chosen per run (network/attention.py); SDPA by default
 
 
 def compute_dtype_of(module: nn.Module) -> torch.dtype:

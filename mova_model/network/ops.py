@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .fp8_matmul import fp8_matmul_active, scaled_linear
+
 FP8_DTYPE = torch.float8_e4m3fn
 """Storage dtype of fp8 weights (e4m3fn, per-tensor scale stored beside the weight as `<name>_scale`)."""
 
@@ -79,8 +81,12 @@ class CastLinear(CastMixin, nn.Linear):
         self.adapters: List[LoraAdapter] = []
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.cast_weight(x)
-        out = F.linear(x, weight, bias)
+        out = None
+        if self.weight.dtype == FP8_DTYPE and fp8_matmul_active():
+            out = scaled_linear(x, self.weight, getattr(self, "weight_scale", None), self.bias)
+        if out is None:
+            weight, bias = self.cast_weight(x)
+            out = F.linear(x, weight, bias)
         for adapter in self.adapters:
             down = adapter.down.to(device=x.device, dtype=x.dtype)
             up = adapter.up.to(device=x.device, dtype=x.dtype)

@@ -32,6 +32,8 @@ from ..network.lora import LoraPatch, LoraPatchSet
 from ..memory.model_store import ComponentCache, MemoryOptions, SamplingModels
 from .sampler import Held, HeldStream, SamplingInputs, SamplingStats, StepInfo, held_list, sample as run_sampler, seeded_noise
 from .scheduler import FlowMatchPairScheduler
+from .speed import SpeedOptions, choose_batch_guidance, speed_run
+from .step_cache import StepCacheConfig
 from ..network.text_encoder import TextEncoder, prompt_clean
 from ..network.video_vae import VideoVAE
 
@@ -111,13 +113,16 @@ class MovaPipeline:
 
     def __init__(self, checkpoint: MovaCheckpoint, device: torch.device | str = "cpu",
                  dtype: torch.dtype = torch.float32, cache: Optional[ComponentCache] = None,
-                 lora: Optional[LoraPatchSet] = None, memory: Optional[MemoryOptions] = None) -> None:
+                 lora: Optional[LoraPatchSet] = None, memory: Optional[MemoryOptions] = None,
+                 speed: Optional[SpeedOptions] = None) -> None:
         self.checkpoint = checkpoint
         self.configs = checkpoint.configs
         self.device = torch.device(device)
         self.dtype = dtype
         self.memory = memory or MemoryOptions()
         self.memory.validate()
+        self.speed = speed or SpeedOptions()
+        self.speed.validate()
         self.cache = cache or ComponentCache(checkpoint, self.device, dtype, fp8=self.memory.weights == "fp8")
         self.lora = lora or LoraPatchSet()
         self.scheduler = FlowMatchPairScheduler(self.configs.scheduler)
@@ -132,15 +137,17 @@ class MovaPipeline:
 
     @classmethod
     def from_pretrained(cls, folder: Path | str, device: torch.device | str = "cpu",
-                        dtype: torch.dtype = torch.float32, memory: Optional[MemoryOptions] = None) -> "MovaPipeline":
+                        dtype: torch.dtype = torch.float32, memory: Optional[MemoryOptions] = None,
+                        speed: Optional[SpeedOptions] = None) -> "MovaPipeline":
         """Open and validate (headers only) a MOVA checkpoint folder; raises `CheckpointError` if broken."""
         checkpoint = MovaCheckpoint.open(Path(folder))
         checkpoint.validate()
-        return cls(checkpoint, device=device, dtype=dtype, memory=memory)
+        return cls(checkpoint, device=device, dtype=dtype, memory=memory, speed=speed)
 
     # -- memory ---------------------------------------------------------------------------------------
     def memory_plan(self, width: int = 640, height: int = 352, num_frames: int = 193, video_fps: float = 24.0,
-                    cfg_passes: int = 2, steps: int = 50, vram_bytes: Optional[float] = None, device: Optional[str] = None):
+                    cfg_passes: int = 2, steps: int = 50, vram_bytes: Optional[float] = None, device: Optional[str] = None,
+                    guidance_batch: int = 1):
         """The `memory.planner.MemoryPlan` for a clip on this pipeline's device and memory options.
 
         On a GPU: VRAM is `vram_bytes` if given, else the budget (mode "budget"), else the free VRAM reported by
@@ -158,7 +165,7 @@ class MovaPipeline:
         inputs = PlanInputs(vram_bytes=1.0, ram_bytes=max(ram_bytes, 1.0), width=width, height=height,
                             frames=num_frames, fps=video_fps, cfg_passes=cfg_passes, steps=steps,
                             weights="fp8" if options.weights == "fp8" or stored == "fp8" else "bf16", stored=stored,
-                            mode=options.mode, prefetch_depth=options.prefetch_depth)
+                            mode=options.mode, prefetch_depth=options.prefetch_depth, guidance_batch=guidance_batch)
         arch = Architecture.from_configs(self.configs)
         if device == "cpu" or (device is None and self.device.type != "cuda" and vram_bytes is None
                                and options.mode != "budget"):
@@ -179,14 +186,14 @@ class MovaPipeline:
         return plan_memory(inputs, arch)
 
     def require_fit(self, width: int, height: int, num_frames: int, video_fps: float, cfg_passes: int = 2,
-                    steps: int = 50, phase: Optional[str] = None):
+                    steps: int = 50, phase: Optional[str] = None, guidance_batch: int = 1):
         """The memory plan of a clip, or an `InputError` with the plan's message (what it needs, what is
         available, what would fit) when the clip (or only `phase`, e.g. "VAE decode") cannot fit. On the CPU,
         host RAM is the budget (also when a VRAM budget is simulated there)."""
         from ..memory.planner import what_would_fit
         from ..memory.sizes import Architecture
 
-        plan = self.memory_plan(width, height, num_frames, video_fps, cfg_passes, steps)
+        plan = self.memory_plan(width, height, num_frames, video_fps, cfg_passes, steps, guidance_batch=guidance_batch)
         plans = [plan]
         if self.device.type != "cuda" and plan.mode != "cpu":
             plans.append(self.memory_plan(width, height, num_frames, video_fps, cfg_passes, steps, device="cpu"))
@@ -304,10 +311,11 @@ class MovaPipeline:
     def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
                guidance: Optional[GuidanceConfig] = None, noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                held: Held = None, callback: Optional[Callable[[StepInfo], None]] = None,
-               plan=None) -> JointLatents:
+               plan=None, step_cache: Optional[StepCacheConfig] = None) -> JointLatents:
         """Denoise one clip. `noise` = (video, audio) initial noise to inject; else drawn from `seed` exactly as
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
-        `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options."""
+        `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options.
+        `step_cache`: skip passes whose output barely changes (None: never). Speed options: `self.speed`."""
         c = conditioning
         self.cache.verify_files()
         video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
@@ -335,9 +343,17 @@ class MovaPipeline:
             prompt_embeds=c.prompt_embeds.to(self.device), negative_prompt_embeds=c.negative_prompt_embeds.to(self.device),
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
             audio_noise=audio_noise.to(self.device), video_fps=c.video_fps)
+        passes = len(required_branches(guidance or GuidanceConfig()))
+        planned = plan is None and (self.device.type == "cuda" or self.memory.mode == "budget")
+        batch, why = choose_batch_guidance(
+            self.speed.batch_guidance, self.device, passes,
+            (lambda rows: self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps,
+                                           guidance_batch=rows)) if planned else None)
+        if self.speed.batch_guidance != "off":
+            logger.info("batched guidance: %s", why)
         if plan is None:
-            passes = len(required_branches(guidance or GuidanceConfig()))
-            plan = self.require_fit(c.width, c.height, c.num_frames, c.video_fps, passes, steps)
+            plan = self.require_fit(c.width, c.height, c.num_frames, c.video_fps, passes, steps,
+                                    guidance_batch=passes if batch else 1)
         elif not plan.fits:
             raise InputError("this clip does not fit in the memory available: " + "; ".join(plan.problems)
                              + " (lower the resolution or frame count, use fp8 weights, or free VRAM)")
@@ -346,9 +362,12 @@ class MovaPipeline:
         models = SamplingModels(self.cache, self.lora, plan)
         stats = SamplingStats()
         try:
-            with torch.no_grad():
-                video, audio = run_sampler(models, self.scheduler, inputs, steps, guidance or GuidanceConfig(),
-                                           self.configs.boundary_timestep, held=held, callback=callback, stats=stats)
+            with torch.no_grad(), speed_run(self.speed, self.device, models) as speed:
+                video, audio = run_sampler(speed.models(models), self.scheduler, inputs, steps,
+                                           guidance or GuidanceConfig(), self.configs.boundary_timestep, held=held,
+                                           callback=callback, stats=stats, step_cache=step_cache,
+                                           batch_guidance=batch)
+                stats.compile_s = speed.timer.total_s
         finally:
             models.finish()
             self.last_stats = stats
@@ -413,7 +432,7 @@ class MovaPipeline:
             # Checked against the module built on the meta device: names and shapes, no weight read.
             single.check(component, build_meta_module(component, self.checkpoint.config(component)))
         clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
-                             lora=self.lora.with_patch(patch), memory=self.memory)
+                             lora=self.lora.with_patch(patch), memory=self.memory, speed=self.speed)
         clone.free_vram_probe = self.free_vram_probe
         clone.interrupt_check = self.interrupt_check
         return clone

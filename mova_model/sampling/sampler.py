@@ -31,9 +31,11 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Un
 import torch
 from torch import nn
 
-from ..network.denoiser import BridgeScales, joint_forward
-from .guidance import Branch, GuidanceConfig, combine, required_branches
+from ..network.denoiser import BridgeScales
+from .branch_runner import JointModels, StepInputs, run_branches
+from .guidance import GuidanceConfig, combine, required_branches
 from .scheduler import FlowMatchPairScheduler
+from .step_cache import JointStepCache, StepCacheConfig
 
 logger = logging.getLogger(__name__)
 
@@ -144,10 +146,13 @@ class DenoiserModels(Protocol):
 
 @dataclass
 class SamplingStats:
-    """Counts for tests and logs: passes per step, expert per step."""
+    """Counts for tests and logs: passes computed per step, expert per step, passes skipped by the step cache."""
 
     experts: list = field(default_factory=list)
     passes_per_step: list = field(default_factory=list)
+    skipped_passes: int = 0
+    skipped_per_step: list = field(default_factory=list)
+    compile_s: float = 0.0
 
 
 def seeded_noise(seed: int, video_shape: Tuple[int, ...], audio_shape: Tuple[int, ...]) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -178,10 +183,14 @@ def sample(
     held: Held = None,
     callback: Optional[Callable[[StepInfo], None]] = None,
     stats: Optional[SamplingStats] = None,
+    step_cache: Optional[StepCacheConfig] = None,
+    batch_guidance: bool = False,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Denoise from `inputs.video_noise` / `inputs.audio_noise`; return float32 (video `[1, z, T', H', W']`,
     audio `[1, C, L]`) latents. `callback(StepInfo)` runs after every step and may raise to cancel.
-    `held`: one `HeldStream` or several (a whole-stream hold and/or one range hold per stream)."""
+    `held`: one `HeldStream` or several (a whole-stream hold and/or one range hold per stream);
+    step_cache: skip passes whose output barely changes (`step_cache.py`; None or threshold 0: never);
+    batch_guidance: run the guidance branches of a step as one batch (`branch_runner.py`)."""
     if num_steps < 1:
         raise ValueError(f"steps must be at least 1, got {num_steps}")
     guidance.validate()
@@ -212,6 +221,8 @@ def sample(
 
     expert_name = HIGH_NOISE_EXPERT
     switched = False
+    cache = JointStepCache(step_cache, num_steps) if step_cache is not None and step_cache.enabled else None
+    decide_modality = "audio" if held is not None and held.modality == "video" else "video"
     for index in range(num_steps):
         t_video = pairs[index, 0].reshape(1).to(device=device, dtype=torch.float32)
         t_audio = pairs[index, 1].reshape(1).to(device=device, dtype=torch.float32)
@@ -230,6 +241,8 @@ def sample(
             models.release(HIGH_NOISE_EXPERT)
             expert_name = LOW_NOISE_EXPERT
             switched = True
+            if cache is not None:
+                cache.reset()
             logger.info("step %d: switching to the low-noise expert (video timestep %.3f < %.1f)",
                         index, t_video_in.item(), boundary_timestep)
         expert = models.module(expert_name)
@@ -238,15 +251,11 @@ def sample(
         executor = models.executor(expert_name)
 
         video_input = torch.cat([video_in, inputs.condition.to(torch.float32)], dim=1)
-        video_preds: Dict[Branch, torch.Tensor] = {}
-        audio_preds: Dict[Branch, torch.Tensor] = {}
-        for branch in branches:
-            v_pred, a_pred = joint_forward(
-                expert, audio_dit, bridge, video_input, audio_in, contexts[branch.text],
-                t_video_in, t_audio_in, inputs.video_fps,
-                scales=bridge_on if branch.bridge else bridge_off, executor=executor,
-            )
-            video_preds[branch], audio_preds[branch] = v_pred.float(), a_pred.float()
+        step = StepInputs(video_input, audio_in, contexts, t_video_in, t_audio_in, inputs.video_fps, bridge_on, bridge_off)
+        decide = (audio_in if decide_modality == "audio" else video_in, decide_modality)
+        video_preds, audio_preds, skipped = run_branches(
+            JointModels(expert, audio_dit, bridge, executor), step, branches, batch=batch_guidance,
+            cache=cache, index=index, decide=decide)
         video_velocity = combine(video_preds, *video_scales)
         audio_velocity = combine(audio_preds, *audio_scales)
 
@@ -264,9 +273,14 @@ def sample(
 
         if stats is not None:
             stats.experts.append(expert_name)
-            stats.passes_per_step.append(len(branches))
+            stats.passes_per_step.append(len(branches) - skipped)
+            stats.skipped_passes += skipped
+            stats.skipped_per_step.append(skipped)
         if callback is not None:
             callback(StepInfo(index=index, total=num_steps, expert=expert_name,
                               video_timestep=float(t_video_in.item()), audio_timestep=float(t_audio_in.item()),
-                              video_latents=video, audio_latents=audio, passes=len(branches)))
+                              video_latents=video, audio_latents=audio, passes=len(branches) - skipped))
+    if cache is not None:
+        logger.info("step cache: %d of %d passes skipped (threshold %g)", cache.stats.skipped,
+                    num_steps * len(branches), step_cache.threshold)
     return video, audio
