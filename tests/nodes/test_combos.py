@@ -47,7 +47,8 @@ def test_the_nodes_have_the_expected_combos(node_module):
     found = {(schema.node_id, item.id) for _, schema, item in _combo_cases(node_module)}
     assert found == {
         ("MovaLoader", "checkpoint"), ("MovaLoader", "dtype"), ("MovaLoader", "device"),
-        ("MovaLoader", "memory_mode"), ("MovaLoader", "weights"), ("MovaLoraLoader", "lora_name"),
+        ("MovaLoader", "memory_mode"), ("MovaLoader", "weights"), ("MovaLoader", "attention"),
+        ("MovaLoader", "batch_guidance"), ("MovaLoraLoader", "lora_name"),
         ("MovaGuidance", "preset"), ("MovaAudioDriver", "mode"), ("MovaVideoDriver", "mode"), ("MovaExtend", "hold_mode"),
         ("MovaTrainLora", "targets"), ("MovaTrainLora", "experts"), ("MovaTrainLora", "weights"),
         ("MovaPromptEnhancer", "backend"), ("MovaPromptEnhancer", "local_model"), ("MovaPromptEnhancer", "on_failure"),
