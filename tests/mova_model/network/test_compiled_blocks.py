@@ -20,6 +20,15 @@ from mova_model.network.rope import video_rope
 from mova_model.sampling.pipeline import MovaPipeline
 from mova_model.sampling.speed import SpeedOptions
 
+
+@pytest.fixture(autouse=True)
+def fresh_dynamo():
+    """Each test counts its own compiles: Dynamo's caches (and its per-function recompile limit, which the
+    LoRA-change tests approach) start empty."""
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
 # Inductor fuses and reorders float32 reductions (layer norms, softmax): not bit-identical to eager.
 # Measured ~2e-6 on outputs of magnitude ~3; 1e-4 relative leaves room for other CPUs.
 REL_TOLERANCE = 1e-4
