@@ -233,10 +233,12 @@ class MovaPipeline:
     def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
                guidance: Optional[GuidanceConfig] = None, noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                held: Optional[HeldStream] = None, callback: Optional[Callable[[StepInfo], None]] = None,
-               plan=None) -> JointLatents:
+               plan=None, parallel=None) -> JointLatents:
         """Denoise one clip. `noise` = (video, audio) initial noise to inject; else drawn from `seed` exactly as
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
-        `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options."""
+        `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options.
+        `parallel`: a `mova_model.parallel.ParallelContext` of this rank (CFG / sequence parallel); every rank
+        calls `sample` with the same arguments and gets the same latents."""
         c = conditioning
         video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
         if noise is None:
@@ -257,6 +259,8 @@ class MovaPipeline:
         if plan is None and (self.device.type == "cuda" or self.memory.mode == "budget"):
             passes = len(required_branches(guidance or GuidanceConfig()))
             plan = self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps)
+        if parallel is not None:
+            parallel.check(self.configs, required_branches(guidance or GuidanceConfig()))
         if plan is not None:
             logger.info("memory plan:\n%s", plan.format())
             if not plan.fits:
@@ -268,7 +272,8 @@ class MovaPipeline:
         try:
             with torch.no_grad():
                 video, audio = run_sampler(models, self.scheduler, inputs, steps, guidance or GuidanceConfig(),
-                                           self.configs.boundary_timestep, held=held, callback=callback, stats=stats)
+                                           self.configs.boundary_timestep, held=held, callback=callback, stats=stats,
+                                           parallel=parallel)
         finally:
             models.finish()
             self.last_stats = stats

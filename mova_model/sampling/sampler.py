@@ -82,6 +82,19 @@ class SamplingInputs:
     video_fps: float
 
 
+class BranchRunner(Protocol):
+    """Runs a step's guidance branches somewhere else (implemented by `mova_model.parallel.context`).
+
+    run_branches(branches, forward, step) -> {branch: (video_pred, audio_pred)} for every branch, where
+    forward(branch) evaluates one branch here; sequence: passed to `joint_forward` (None: no sequence split).
+    """
+
+    sequence: Optional[object]
+
+    def run_branches(self, branches: Tuple[Branch, ...], forward: Callable[[Branch], Tuple[torch.Tensor, torch.Tensor]],
+                     step: int) -> Dict[Branch, Tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 class DenoiserModels(Protocol):
     """Where the loop gets its modules; experts are materialized on first use, released on request."""
 
@@ -128,9 +141,12 @@ def sample(
     held: Optional[HeldStream] = None,
     callback: Optional[Callable[[StepInfo], None]] = None,
     stats: Optional[SamplingStats] = None,
+    parallel: Optional[BranchRunner] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Denoise from `inputs.video_noise` / `inputs.audio_noise`; return float32 (video `[1, z, T', H', W']`,
-    audio `[1, C, L]`) latents. `callback(StepInfo)` runs after every step and may raise to cancel."""
+    audio `[1, C, L]`) latents. `callback(StepInfo)` runs after every step and may raise to cancel.
+    `parallel`: spreads the branches (and the token sequence) of every step over ranks; every rank returns
+    the same latents."""
     if num_steps < 1:
         raise ValueError(f"steps must be at least 1, got {num_steps}")
     guidance.validate()
@@ -173,15 +189,22 @@ def sample(
         executor = models.executor(expert_name)
 
         video_input = torch.cat([video_in, inputs.condition.to(torch.float32)], dim=1)
-        video_preds: Dict[Branch, torch.Tensor] = {}
-        audio_preds: Dict[Branch, torch.Tensor] = {}
-        for branch in branches:
+
+        def forward(branch: Branch) -> Tuple[torch.Tensor, torch.Tensor]:
             v_pred, a_pred = joint_forward(
                 expert, audio_dit, bridge, video_input, audio_in, contexts[branch.text],
                 t_video_in, t_audio_in, inputs.video_fps,
                 scales=bridge_on if branch.bridge else bridge_off, executor=executor,
+                sequence=None if parallel is None else parallel.sequence,
             )
-            video_preds[branch], audio_preds[branch] = v_pred.float(), a_pred.float()
+            return v_pred.float(), a_pred.float()
+
+        if parallel is None:
+            preds = {branch: forward(branch) for branch in branches}
+        else:
+            preds = parallel.run_branches(branches, forward, index)
+        video_preds: Dict[Branch, torch.Tensor] = {b: preds[b][0] for b in branches}
+        audio_preds: Dict[Branch, torch.Tensor] = {b: preds[b][1] for b in branches}
         video_velocity = combine(video_preds, *video_scales)
         audio_velocity = combine(audio_preds, *audio_scales)
 
