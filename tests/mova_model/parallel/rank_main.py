@@ -1,9 +1,9 @@
-"""One rank of a parallel test run (started by tests/mova_model/parallel/launch.py with torchrun's variables).
+"""One rank of a parallel test run (started by tests/parallel_launch.py with torchrun's variables).
 
 python rank_main.py CHECKPOINT OUT --split cfg|ulysses|cfg+ulysses|none --guidance text|dual|one --steps N
     [--timeout S] [--kill-at-step K --kill-rank R]
 Rank 0 writes the final latents to OUT (safetensors: video, audio). With --kill-at-step, rank R kills itself
-(SIGKILL) after step K, and rank 0 writes the error it got to OUT + ".error".
+(SIGKILL) after step K (with --hang it first sleeps 3 x timeout: a hung rank), and rank 0 writes the seconds from its last finished step to the error, and the error, to OUT + ".error".
 """
 import argparse
 import logging
@@ -34,6 +34,7 @@ def main() -> int:
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--kill-at-step", type=int, default=-1)
     parser.add_argument("--kill-rank", type=int, default=1)
+    parser.add_argument("--hang", action="store_true", help="rank R sleeps (3 x timeout) instead of dying")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     torch.set_num_threads(1)
@@ -44,18 +45,22 @@ def main() -> int:
     pipe = MovaPipeline.from_pretrained(args.checkpoint, device="cpu", dtype=torch.float32)
     cond = pipe.prepare_conditioning("a man says hello in the kitchen", "static, blurry", None, **CLIP)
 
+    last_step_end = [time.monotonic()]
+
     def on_step(info):
+        last_step_end[0] = time.monotonic()
         if info.index == args.kill_at_step and rank == args.kill_rank:
+            if args.hang:
+                time.sleep(3 * args.timeout)
             os.kill(os.getpid(), signal.SIGKILL)
 
-    started = time.monotonic()
     try:
         latents = pipe.sample(cond, seed=7, steps=args.steps, guidance=GUIDANCE[args.guidance], callback=on_step,
                               parallel=parallel)
     except ParallelError as err:
         if rank == 0:
             with open(args.out + ".error", "w") as f:
-                f.write(f"{time.monotonic() - started:.2f}\n{err}\n")
+                f.write(f"{time.monotonic() - last_step_end[0]:.2f}\n{err}\n")
         return 3
     if rank == 0:
         save_file({"video": latents.video.contiguous(), "audio": latents.audio.contiguous()}, args.out)

@@ -7,8 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
-RANK_MAIN = Path(__file__).with_name("rank_main.py")
+REPO = Path(__file__).resolve().parents[1]
+RANK_MAIN = REPO / "tests" / "mova_model" / "parallel" / "rank_main.py"
 
 
 def free_port() -> int:
