@@ -1,9 +1,12 @@
-"""`python -m mova_model <command>`: describe / plan / quantize / tiny-checkpoint.
+"""`python -m mova_model <command>`: describe / plan / quantize / tiny-checkpoint / generate.
 
 - `describe FOLDER [--check]`: every tensor the configs imply (and, with --check, every problem in the files).
 - `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: the memory plan for a machine.
 - `quantize SRC DST`: write an fp8 (e4m3fn, per-tensor scale) copy of a checkpoint folder.
 - `tiny-checkpoint DST [--seed N]`: write a tiny random-weight checkpoint in the official layout.
+- `generate CHECKPOINT --prompt TEXT [--prompt TEXT ...] [--image F] [--last-image F] --size WxH --frames N
+  --fps F --steps S --seed N [--overlap K] --out FILE.mp4 [--save-latents FILE.safetensors]`: one segment per
+  prompt, joined with K overlapping frames; the last stdout line is the mp4 path.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ import logging
 import sys
 from typing import List, Optional
 
-COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint")
+COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint", "generate")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -31,6 +34,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "quantize":
         from .memory.quantize import quantize_cli
         return quantize_cli(rest)
+    if command == "generate":
+        from .sampling.generate import generate_cli
+        return generate_cli(rest)
     from .checkpoint.tiny import tiny_checkpoint_cli
     return tiny_checkpoint_cli(rest)
 

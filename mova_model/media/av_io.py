@@ -79,60 +79,122 @@ def write_mp4(path: Path | str, frames_uint8: np.ndarray, fps: float, audio: Opt
     frames_uint8: `[F, H, W, 3]` uint8 (H and W even); fps in frames per second; audio: `[C, S]` float −1..1
     at `sample_rate` Hz (resampled to 48 kHz when AAC cannot take the rate).
     """
-    path = Path(path)
     if frames_uint8.ndim != 4 or frames_uint8.shape[-1] != 3 or frames_uint8.dtype != np.uint8:
         raise MediaError(f"video frames must be uint8 [F, H, W, 3], got {frames_uint8.dtype} {list(frames_uint8.shape)}")
     count, height, width, _ = frames_uint8.shape
     if count == 0:
         raise MediaError("video has no frames")
-    if height % 2 or width % 2:
-        raise MediaError(f"H.264 needs even width and height, got {width}x{height}")
-    if not fps > 0:
-        raise MediaError(f"fps must be greater than 0, got {fps}")
-    if audio is not None:
-        if sample_rate is None or sample_rate <= 0:
-            raise MediaError("audio needs a positive sample rate")
-        if audio.dim() != 2:
-            raise MediaError(f"audio must be [channels, samples], got {list(audio.shape)}")
-        if audio.shape[0] > 2:
-            audio = remix_channels(audio.detach().float().cpu(), 2)
-        if sample_rate not in AAC_SAMPLE_RATES:
-            audio, sample_rate = resample_audio(audio, sample_rate, 48000, audio.shape[0]), 48000
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp_name = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial.mp4", dir=str(path.parent))
-    os.close(handle)
-    try:
-        with av.open(temp_name, mode="w", format="mp4") as container:
-            rate = _fraction(fps)
-            video_stream = container.add_stream("libx264", rate=rate)
-            video_stream.width, video_stream.height = width, height
-            video_stream.pix_fmt = "yuv420p"
-            video_stream.options = {"crf": str(crf)}
-            audio_stream = None
-            if audio is not None:
-                layout = "mono" if audio.shape[0] == 1 else "stereo"
-                audio_stream = container.add_stream("aac", rate=int(sample_rate), layout=layout)
-            for image in frames_uint8:
-                for packet in video_stream.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
-                    container.mux(packet)
-            for packet in video_stream.encode():
-                container.mux(packet)
-            if audio_stream is not None:
-                samples = np.ascontiguousarray(audio.detach().float().clamp(-1, 1).cpu().numpy())
-                frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=audio_stream.layout.name)
-                frame.sample_rate = int(sample_rate)
-                frame.pts = 0
-                for packet in audio_stream.encode(frame):
-                    container.mux(packet)
-                for packet in audio_stream.encode():
-                    container.mux(packet)
-        os.replace(temp_name, path)
-    except BaseException:
-        if os.path.exists(temp_name):
-            os.unlink(temp_name)
-        raise
-    logger.info("wrote %s (%d frames at %s fps%s)", path, count, fps, ", with audio" if audio is not None else "")
-    return path
+    with Mp4Writer(path, width, height, fps, audio, sample_rate, crf) as writer:
+        writer.add_frames(frames_uint8)
+    return writer.path
+
+
+class Mp4Writer:
+    """An mp4 written a chunk of frames at a time (H.264 yuv420p + AAC), renamed into place only on success.
+
+        with Mp4Writer(path, width, height, fps, audio, rate) as writer:
+            for chunk in chunks:            # uint8 [n, H, W, 3]
+                writer.add_frames(chunk)
+
+    Only the chunk being encoded is held besides the encoder's own buffers, so a long clip needs no full copy
+    of its frames. The audio `[C, S]` float −1..1 (small beside the video) is encoded once, after the frames.
+    An exception inside the block (or no frames) deletes the temporary file; the target is never half written.
+    """
+
+    def __init__(self, path: Path | str, width: int, height: int, fps: float, audio: Optional[torch.Tensor] = None,
+                 sample_rate: Optional[int] = None, crf: int = 18) -> None:
+        if height % 2 or width % 2:
+            raise MediaError(f"H.264 needs even width and height, got {width}x{height}")
+        if not fps > 0:
+            raise MediaError(f"fps must be greater than 0, got {fps}")
+        if audio is not None:
+            if sample_rate is None or sample_rate <= 0:
+                raise MediaError("audio needs a positive sample rate")
+            if audio.dim() != 2:
+                raise MediaError(f"audio must be [channels, samples], got {list(audio.shape)}")
+            if audio.shape[0] > 2:
+                audio = remix_channels(audio.detach().float().cpu(), 2)
+            if sample_rate not in AAC_SAMPLE_RATES:
+                audio, sample_rate = resample_audio(audio, sample_rate, 48000, audio.shape[0]), 48000
+        self.path = Path(path)
+        self.width, self.height, self.fps, self.crf = int(width), int(height), fps, crf
+        self.audio, self.sample_rate = audio, sample_rate
+        self.frames_written = 0
+        self._temp: Optional[str] = None
+        self._container = None
+        self._video = None
+        self._audio_stream = None
+
+    def __enter__(self) -> "Mp4Writer":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        handle, self._temp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".partial.mp4", dir=str(self.path.parent))
+        os.close(handle)
+        try:
+            self._container = av.open(self._temp, mode="w", format="mp4")
+            self._video = self._container.add_stream("libx264", rate=_fraction(self.fps))
+            self._video.width, self._video.height = self.width, self.height
+            self._video.pix_fmt = "yuv420p"
+            self._video.options = {"crf": str(self.crf)}
+            if self.audio is not None:
+                layout = "mono" if self.audio.shape[0] == 1 else "stereo"
+                self._audio_stream = self._container.add_stream("aac", rate=int(self.sample_rate), layout=layout)
+        except BaseException:
+            self._abort()
+            raise
+        return self
+
+    def add_frames(self, frames_uint8: np.ndarray) -> None:
+        """Encode uint8 frames `[n, H, W, 3]` at the writer's size."""
+        if frames_uint8.ndim != 4 or frames_uint8.shape[-1] != 3 or frames_uint8.dtype != np.uint8:
+            raise MediaError(f"video frames must be uint8 [F, H, W, 3], got {frames_uint8.dtype} {list(frames_uint8.shape)}")
+        if frames_uint8.shape[1:3] != (self.height, self.width):
+            raise MediaError(f"frames are {frames_uint8.shape[2]}x{frames_uint8.shape[1]}, the video is {self.width}x{self.height}")
+        for image in frames_uint8:
+            for packet in self._video.encode(av.VideoFrame.from_ndarray(image, format="rgb24")):
+                self._container.mux(packet)
+        self.frames_written += frames_uint8.shape[0]
+
+    def _finish(self) -> None:
+        if self.frames_written == 0:
+            raise MediaError("video has no frames")
+        for packet in self._video.encode():
+            self._container.mux(packet)
+        if self.audio is not None:
+            stream = self._audio_stream
+            samples = np.ascontiguousarray(self.audio.detach().float().clamp(-1, 1).cpu().numpy())
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout=stream.layout.name)
+            frame.sample_rate = int(self.sample_rate)
+            frame.pts = 0
+            for packet in stream.encode(frame):
+                self._container.mux(packet)
+            for packet in stream.encode():
+                self._container.mux(packet)
+        self._container.close()
+        self._container = None
+
+    def _abort(self) -> None:
+        if self._container is not None:
+            try:
+                self._container.close()
+            except Exception:  # the file is being discarded anyway
+                pass
+            self._container = None
+        if self._temp and os.path.exists(self._temp):
+            os.unlink(self._temp)
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is not None:
+            self._abort()
+            return False
+        try:
+            self._finish()
+            os.replace(self._temp, self.path)
+        except BaseException:
+            self._abort()
+            raise
+        logger.info("wrote %s (%d frames at %s fps%s)", self.path, self.frames_written, self.fps,
+                    ", with audio" if self.audio is not None else "")
+        return False
 
 
 @dataclass

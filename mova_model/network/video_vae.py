@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import nullcontext
-from typing import Optional
+from typing import Iterator, Optional
 
 import torch
 from torch import nn
@@ -137,3 +137,42 @@ class VideoVAE:
         with context:
             video = self.module.decode(z).sample
         return video.to(torch.float32)
+
+    @torch.no_grad()
+    def decode_chunks(self, latents_normalized: torch.Tensor, chunk_latent_frames: int = 4,
+                      autocast_dtype: Optional[torch.dtype] = torch.bfloat16) -> Iterator[torch.Tensor]:
+        """Decode `[1, z_dim, T', h, w]` a few latent frames at a time; yields `[1, 3, n, 8h, 8w]` in [-1, 1].
+
+        The same computation as `decode` (diffusers `AutoencoderKLWan._decode`: the decoder runs one latent frame
+        at a time and carries a causal feature cache), only each chunk's frames are handed out instead of
+        concatenated, so peak memory is the cache plus one chunk. The cache carries across chunks, so the
+        frames equal a whole decode. Falls back to `decode` when the module is tiled or patchified.
+        """
+        if latents_normalized.ndim != 5 or latents_normalized.shape[1] != self.z_dim:
+            raise ValueError(f"latents must be [B, {self.z_dim}, T', h, w], got {list(latents_normalized.shape)}")
+        module = self.module
+        if chunk_latent_frames < 1:
+            raise ValueError(f"chunk_latent_frames must be at least 1, got {chunk_latent_frames}")
+        if getattr(module, "use_tiling", False) or getattr(module.config, "patch_size", None) is not None \
+                or not hasattr(module, "_feat_map"):
+            yield self.decode(latents_normalized, autocast_dtype)
+            return
+        device = self.device
+        use_autocast = device.type == "cuda" and autocast_dtype is not None
+        context = torch.autocast("cuda", dtype=autocast_dtype) if use_autocast else nullcontext()
+        count = latents_normalized.shape[2]
+        module.clear_cache()
+        try:
+            for start in range(0, count, chunk_latent_frames):
+                z = self.denormalize(latents_normalized[:, :, start:start + chunk_latent_frames])
+                z = z.to(device=device) if use_autocast else z.to(device=device, dtype=self.dtype)
+                outputs = []
+                with context:
+                    x = module.post_quant_conv(z)
+                    for i in range(x.shape[2]):
+                        module._conv_idx = [0]
+                        outputs.append(module.decoder(x[:, :, i:i + 1], feat_cache=module._feat_map,
+                                                      feat_idx=module._conv_idx, first_chunk=start + i == 0))
+                yield torch.clamp(torch.cat(outputs, 2), min=-1.0, max=1.0).to(torch.float32)
+        finally:
+            module.clear_cache()

@@ -145,12 +145,15 @@ def torchrun_rank() -> Tuple[int, int, int]:
 
 
 def init_from_env(split: str, timeout_s: float = DEFAULT_TIMEOUT_S, cfg_degree: int = 2,
-                  stats: Optional[CommStats] = None) -> ParallelContext:
-    """The context of a torchrun-launched rank: CUDA device `LOCAL_RANK` when CUDA exists, else the CPU."""
+                  stats: Optional[CommStats] = None, use_cuda: Optional[bool] = None) -> ParallelContext:
+    """The context of a torchrun-launched rank: CUDA device `LOCAL_RANK` (NCCL) when `use_cuda` (default:
+    when CUDA exists), else the CPU (gloo)."""
     rank, world, local = torchrun_rank()
     if "MASTER_ADDR" not in os.environ:
         raise ParallelError("--parallel needs the torchrun launcher: torchrun --nproc-per-node N -m mova_model ...")
-    if torch.cuda.is_available():
+    if use_cuda is None:
+        use_cuda = torch.cuda.is_available()
+    if use_cuda:
         torch.cuda.set_device(local)
         device = torch.device("cuda", local)
     else:

@@ -19,18 +19,18 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
 from ..checkpoint.folder import MovaCheckpoint, build_meta_module
-from .conditioning import first_frame_condition
+from .conditioning import keyframe_condition
 from .guidance import GuidanceConfig, required_branches
 from ..media.image_preprocess import crop_and_resize, to_model_range, white_frame
 from ..network.lora import LoraPatch, LoraPatchSet
 from ..memory.model_store import ComponentCache, MemoryOptions, SamplingModels
-from .sampler import HeldStream, SamplingInputs, SamplingStats, StepInfo, sample as run_sampler, seeded_noise
+from .sampler import Held, HeldStream, SamplingInputs, SamplingStats, StepInfo, held_list, sample as run_sampler, seeded_noise
 from .scheduler import FlowMatchPairScheduler
 from ..network.text_encoder import TextEncoder
 from ..network.video_vae import VideoVAE
@@ -65,6 +65,9 @@ class Conditioning:
     prompt: str = ""
     negative_prompt: str = ""
     text_only: bool = False
+    keyframes: Optional[Dict[int, torch.Tensor]] = None
+    """The frames behind `condition`: {pixel frame index: image `[1, 3, H, W]` in [-1, 1]} (continuation
+    re-encodes them with the previous clip's frame in front)."""
 
 
 @dataclass
@@ -78,6 +81,8 @@ class JointLatents:
     num_frames: int
     video_fps: float
     sample_rate: int
+    segments: tuple = ()
+    """For a joined clip: one `continuation.Seam` per join, in order (empty for a single segment)."""
 
 
 def clip_audio_samples(num_frames: int, video_fps: float, sample_rate: int) -> int:
@@ -121,6 +126,9 @@ class MovaPipeline:
         self.free_vram_probe: Optional[Callable[[float], float]] = None
         """probe(bytes_needed) -> free VRAM in bytes; the ComfyUI node sets it to ask the host's model management
         to make room and report what is free."""
+        self.parallel = None
+        """A `mova_model.parallel.ParallelContext` every `sample` call of this pipeline runs under (None: one
+        process); set by the torchrun launcher and the multi-GPU workers."""
 
     @classmethod
     def from_pretrained(cls, folder: Path | str, device: torch.device | str = "cpu",
@@ -217,22 +225,41 @@ class MovaPipeline:
 
     def prepare_conditioning(self, prompt: str, negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT,
                              image_uint8: Optional[np.ndarray] = None, width: int = 640, height: int = 352,
-                             num_frames: int = 193, video_fps: float = 24.0) -> Conditioning:
-        """Text embeddings and first-frame condition for one clip. `image_uint8` `[h, w, 3]` uint8 or None."""
+                             num_frames: int = 193, video_fps: float = 24.0,
+                             last_image_uint8: Optional[np.ndarray] = None,
+                             keyframes_uint8: Optional[Dict[int, np.ndarray]] = None) -> Conditioning:
+        """Text embeddings and keyframe condition for one clip; images `[h, w, 3]` uint8 (any size).
+
+        `image_uint8`: the first frame (None and no other frame: a white first frame, T2VA). `last_image_uint8`:
+        the last frame (with a first frame: the official `last_image` condition; alone: the first frame is free).
+        `keyframes_uint8`: {pixel frame index: image} at other positions (beyond what MOVA was trained on).
+        """
         validate_geometry(width, height, num_frames, video_fps)
+        frames: Dict[int, np.ndarray] = {}
+        for position, image in (keyframes_uint8 or {}).items():
+            index = int(position) + num_frames if int(position) < 0 else int(position)
+            if not 0 <= index < num_frames:
+                raise InputError(f"keyframe at frame {position} is outside the clip (frames 0..{num_frames - 1})")
+            frames[index] = image
+        if image_uint8 is not None:
+            frames[0] = image_uint8
+        if last_image_uint8 is not None:
+            frames[num_frames - 1] = last_image_uint8
+        text_only = not frames
         embeds = self.encode_prompts([prompt, negative_prompt])
-        image = self.prepare_image(image_uint8, width, height).to(self.device)
+        images = {i: self.prepare_image(im, width, height).to(self.device) for i, im in frames.items()} \
+            if frames else {0: self.prepare_image(None, width, height).to(self.device)}
         with torch.no_grad():
-            condition = first_frame_condition(self.video_vae(), image, num_frames)
+            condition = keyframe_condition(self.video_vae(), images, num_frames)
         return Conditioning(prompt_embeds=embeds[0:1], negative_prompt_embeds=embeds[1:2],
                             condition=condition.float(), width=width, height=height, num_frames=num_frames,
                             video_fps=float(video_fps), prompt=prompt, negative_prompt=negative_prompt,
-                            text_only=image_uint8 is None)
+                            text_only=text_only, keyframes={i: im.cpu() for i, im in images.items()})
 
     # -- sampling -------------------------------------------------------------------------------------
     def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
                guidance: Optional[GuidanceConfig] = None, noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
-               held: Optional[HeldStream] = None, callback: Optional[Callable[[StepInfo], None]] = None,
+               held: Held = None, callback: Optional[Callable[[StepInfo], None]] = None,
                plan=None, parallel=None) -> JointLatents:
         """Denoise one clip. `noise` = (video, audio) initial noise to inject; else drawn from `seed` exactly as
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
@@ -248,10 +275,19 @@ class MovaPipeline:
             if tuple(video_noise.shape) != video_shape or tuple(audio_noise.shape) != audio_shape:
                 raise InputError(f"injected noise must be video {list(video_shape)} and audio {list(audio_shape)}, "
                                  f"got {list(video_noise.shape)} and {list(audio_noise.shape)}")
-        if held is not None:
-            expected = video_shape if held.modality == "video" else audio_shape
-            if tuple(held.latents.shape) != expected:
-                raise InputError(f"held {held.modality} latents must be {list(expected)} for this clip, got {list(held.latents.shape)}")
+        try:
+            holds = held_list(held)
+        except ValueError as exc:
+            raise InputError(str(exc)) from None
+        for hold in holds:
+            expected = video_shape if hold.modality == "video" else audio_shape
+            if not hold.is_range and tuple(hold.latents.shape) != expected:
+                raise InputError(f"held {hold.modality} latents must be {list(expected)} for this clip, got {list(hold.latents.shape)}")
+            shape = tuple(hold.latents.shape)
+            if hold.is_range and (shape[:2] + shape[3:] != expected[:2] + expected[3:]
+                                  or hold.time_slice.stop > expected[2] or shape[2] < 1):
+                raise InputError(f"held {hold.modality} range {list(shape)} at offset {hold.offset} does not fit the "
+                                 f"clip's {hold.modality} latents {list(expected)}")
         inputs = SamplingInputs(
             prompt_embeds=c.prompt_embeds.to(self.device), negative_prompt_embeds=c.negative_prompt_embeds.to(self.device),
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
@@ -259,6 +295,7 @@ class MovaPipeline:
         if plan is None and (self.device.type == "cuda" or self.memory.mode == "budget"):
             passes = len(required_branches(guidance or GuidanceConfig()))
             plan = self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps)
+        parallel = parallel if parallel is not None else self.parallel
         if parallel is not None:
             parallel.check(self.configs, required_branches(guidance or GuidanceConfig()))
         if plan is not None:
@@ -327,6 +364,7 @@ class MovaPipeline:
         clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
                              lora=self.lora.with_patch(patch), memory=self.memory)
         clone.free_vram_probe = self.free_vram_probe
+        clone.parallel = self.parallel
         return clone
 
     def release_all(self) -> None:

@@ -11,13 +11,22 @@ Held streams (A2V: audio given, V2A: video given) keep one stream fixed to given
 - `"renoise"`: the held tower sees the clean latents re-noised to the current sigma with a fixed noise,
   `x_t = (1 − σ)·x0 + σ·ε` (flow-matching interpolation, as inpainting does) and the current timestep.
 In both modes the held stream's own prediction is discarded and the returned held stream equals the input.
+
+Held time ranges (`HeldStream.offset` set: continuation holds the first latents of each stream) replace only
+positions `[offset, offset + n)` on the time axis (dim 2 of both streams); the tower keeps the current timestep,
+since the rest of its sequence is noisy:
+- `"clean"`: the range is the given clean latents in the input of every step and in the state after every
+  step (so it is returned exactly as given) — a hard hold.
+- `"renoise"`: before every step the range is replaced by the clean latents re-noised to that step's sigma with
+  the stream's own initial noise; after the step the model's update is kept, so the returned range is the model's
+  own version of it (close to the given latents, harmonized with the rest) — a soft hold, inpainting style.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable, Dict, Optional, Protocol, Tuple
+from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -39,17 +48,58 @@ class HeldStream:
 
     modality: "audio" (A2V) or "video" (V2A); latents: clean latents, video normalized
     `[1, z, T', H/8, W/8]` or audio `[1, C, L]`; mode: "clean" or "renoise" (see module docstring).
+    offset: None holds the whole stream; an int holds only time positions `[offset, offset + n)` of the stream,
+    n = `latents.shape[2]` (video latent frames / audio latents), the rest is generated.
     """
 
     modality: str
     latents: torch.Tensor
     mode: str = "clean"
+    offset: Optional[int] = None
 
     def __post_init__(self) -> None:
         if self.modality not in ("audio", "video"):
             raise ValueError(f"held stream modality must be 'audio' or 'video', got {self.modality!r}")
         if self.mode not in HOLD_MODES:
             raise ValueError(f"hold mode must be one of {', '.join(HOLD_MODES)}, got {self.mode!r}")
+        if self.offset is not None and self.offset < 0:
+            raise ValueError(f"held range offset must be 0 or more, got {self.offset}")
+
+    @property
+    def is_range(self) -> bool:
+        return self.offset is not None
+
+    @property
+    def time_slice(self) -> slice:
+        """Positions on the time axis (dim 2) this hold covers (a range hold only)."""
+        start = int(self.offset or 0)
+        return slice(start, start + int(self.latents.shape[2]))
+
+
+Held = Union[HeldStream, Sequence[HeldStream], None]
+
+
+def held_list(held: Held) -> List[HeldStream]:
+    """The holds as a list, checked: at most one whole-stream hold, at most one range hold per stream."""
+    holds = [] if held is None else [held] if isinstance(held, HeldStream) else list(held)
+    whole = [h for h in holds if not h.is_range]
+    if len(whole) > 1:
+        raise ValueError("at most one whole stream can be held (A2V or V2A), got " + ", ".join(h.modality for h in whole))
+    for modality in ("audio", "video"):
+        same = [h for h in holds if h.modality == modality]
+        if len(same) > 1:
+            raise ValueError(f"the {modality} stream is held more than once; give one hold per stream")
+    return holds
+
+
+def _with_range(stream: torch.Tensor, held: HeldStream, noise: torch.Tensor, sigma: Optional[float]) -> torch.Tensor:
+    """`stream` with the held range replaced: the clean latents (`sigma` None) or them re-noised to `sigma`."""
+    region = held.time_slice
+    clean = held.latents.to(device=stream.device, dtype=torch.float32)
+    value = clean if sigma is None else (1.0 - sigma) * clean + sigma * noise[:, :, region]
+    out = stream.clone()
+    out[:, :, region] = value
+    return out
 
 
 @dataclass
@@ -138,13 +188,14 @@ def sample(
     num_steps: int,
     guidance: GuidanceConfig,
     boundary_timestep: float,
-    held: Optional[HeldStream] = None,
+    held: Held = None,
     callback: Optional[Callable[[StepInfo], None]] = None,
     stats: Optional[SamplingStats] = None,
     parallel: Optional[BranchRunner] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Denoise from `inputs.video_noise` / `inputs.audio_noise`; return float32 (video `[1, z, T', H', W']`,
     audio `[1, C, L]`) latents. `callback(StepInfo)` runs after every step and may raise to cancel.
+    `held`: one `HeldStream` or several (a whole-stream hold and/or one range hold per stream).
     `parallel`: spreads the branches (and the token sequence) of every step over ranks; every rank returns
     the same latents."""
     if num_steps < 1:
@@ -158,12 +209,22 @@ def sample(
     bridge_off = BridgeScales(condition=0.0)
     contexts = {True: inputs.prompt_embeds, False: inputs.negative_prompt_embeds}
 
-    video = inputs.video_noise.to(device=device, dtype=torch.float32)
-    audio = inputs.audio_noise.to(device=device, dtype=torch.float32)
+    holds = held_list(held)
+    held = next((h for h in holds if not h.is_range), None)
+    ranges = {h.modality: h for h in holds if h.is_range}
+    video_noise = inputs.video_noise.to(device=device, dtype=torch.float32)
+    audio_noise = inputs.audio_noise.to(device=device, dtype=torch.float32)
+
+    video = video_noise
+    audio = audio_noise
     if held is not None and held.modality == "video":
         video = held.latents.to(device=device, dtype=torch.float32)
     if held is not None and held.modality == "audio":
         audio = held.latents.to(device=device, dtype=torch.float32)
+    if "video" in ranges and ranges["video"].mode == "clean":
+        video = _with_range(video, ranges["video"], video_noise, None)
+    if "audio" in ranges and ranges["audio"].mode == "clean":
+        audio = _with_range(audio, ranges["audio"], audio_noise, None)
 
     expert_name = HIGH_NOISE_EXPERT
     switched = False
@@ -176,6 +237,10 @@ def sample(
             video_in, t_video_in = _held_input(held, inputs.video_noise.to(device), scheduler.sigma_of(t_video).item(), t_video)
         if held is not None and held.modality == "audio":
             audio_in, t_audio_in = _held_input(held, inputs.audio_noise.to(device), scheduler.sigma_of(t_audio).item(), t_audio)
+        if "video" in ranges and ranges["video"].mode == "renoise":
+            video_in = _with_range(video_in, ranges["video"], video_noise, scheduler.sigma_of(t_video).item())
+        if "audio" in ranges and ranges["audio"].mode == "renoise":
+            audio_in = _with_range(audio_in, ranges["audio"], audio_noise, scheduler.sigma_of(t_audio).item())
 
         if not switched and t_video_in.item() < boundary_timestep:
             models.release(HIGH_NOISE_EXPERT)
@@ -212,9 +277,13 @@ def sample(
         t_video_next = None if last else pairs[index + 1, 0].reshape(1).to(device)
         t_audio_next = None if last else pairs[index + 1, 1].reshape(1).to(device)
         if held is None or held.modality != "video":
-            video = scheduler.step_from_to(video_velocity, t_video, t_video_next, video)
+            video = scheduler.step_from_to(video_velocity, t_video, t_video_next, video_in if "video" in ranges else video)
+            if "video" in ranges and ranges["video"].mode == "clean":
+                video = _with_range(video, ranges["video"], video_noise, None)
         if held is None or held.modality != "audio":
-            audio = scheduler.step_from_to(audio_velocity, t_audio, t_audio_next, audio)
+            audio = scheduler.step_from_to(audio_velocity, t_audio, t_audio_next, audio_in if "audio" in ranges else audio)
+            if "audio" in ranges and ranges["audio"].mode == "clean":
+                audio = _with_range(audio, ranges["audio"], audio_noise, None)
 
         if stats is not None:
             stats.experts.append(expert_name)

@@ -22,6 +22,8 @@ from mova_model.sampling.conditioning import first_frame_condition
 from mova_model.network.text_encoder import TextEncoder
 from mova_model.network.video_vae import VideoVAE
 
+from .runners_keyframes import run_keyframe_condition
+
 
 @dataclass
 class Report:
@@ -404,4 +406,5 @@ RUNNERS: Dict[str, Callable[[CaseContext], Report]] = {
     "dual_cfg_denoiser": run_dual_cfg,
     "bridge_direction_scales": run_bridge_scales,
     "split_timestep_denoiser": run_split_timestep,
+    "keyframe_condition": run_keyframe_condition,
 }

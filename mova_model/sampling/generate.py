@@ -1,0 +1,250 @@
+"""`python -m mova_model generate CHECKPOINT ...`: prompts (+ optional first / last frame) -> one mp4 with sound.
+
+    python -m mova_model generate models/mova/MOVA-360p --prompt "A man says hello." --image first.png \
+        --size 640x352 --frames 193 --fps 24 --steps 50 --seed 42 --out clip.mp4
+
+One segment per `--prompt`; two or more are chained with `--overlap K` frames (see `continuation.py`): the
+clip has `N·F − (N−1)·K` frames. The last line on stdout is the mp4 path; logs go to stderr. Bad settings
+are reported before anything is loaded or written (exit status 2).
+
+Split for wrappers (the multi-GPU launcher): `build_parser()` parses, `request_from_args()` validates into a
+`GenerateRequest`, `generate(pipeline, request)` samples the joined latents, `write_outputs()` decodes and
+writes; `run_generate(pipeline, request)` does both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, List, Optional, Sequence
+
+import numpy as np
+import torch
+
+from .guidance import GuidanceConfig
+from .pipeline import OFFICIAL_NEGATIVE_PROMPT, InputError, JointLatents, MovaPipeline, validate_geometry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateRequest:
+    """A validated generate command. Images are uint8 `[H, W, 3]` (any size; cropped and resized to the clip)."""
+
+    prompts: List[str]
+    width: int
+    height: int
+    frames: int
+    fps: float
+    steps: int
+    seed: int
+    out: Path
+    overlap: int = 0
+    cfg: float = 5.0
+    negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
+    hold_mode: str = "clean"
+    image: Optional[np.ndarray] = None
+    last_image: Optional[np.ndarray] = None
+    save_latents: Optional[Path] = None
+    notes: List[str] = field(default_factory=list)
+
+    @property
+    def total_frames(self) -> int:
+        """Frames of the joined clip: `N·F − (N−1)·K`."""
+        n = len(self.prompts)
+        return n * self.frames - (n - 1) * self.overlap
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m mova_model generate",
+                                     description="Generate a video with sound from prompts (one segment per --prompt).")
+    parser.add_argument("checkpoint", type=Path, help="MOVA checkpoint folder (official layout)")
+    parser.add_argument("--prompt", action="append", required=True,
+                        help="prompt of one segment; repeat for a longer clip (one segment each)")
+    parser.add_argument("--negative-prompt", default=OFFICIAL_NEGATIVE_PROMPT)
+    parser.add_argument("--image", type=Path, help="first frame (PNG/JPEG/...); default: text only (white first frame)")
+    parser.add_argument("--last-image", type=Path, help="last frame of the (last) segment")
+    parser.add_argument("--size", default="640x352", help="WxH, multiples of 16 (default 640x352)")
+    parser.add_argument("--frames", type=int, default=193, help="frames per segment, 4k+1 (default 193)")
+    parser.add_argument("--fps", type=float, default=24.0)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=42, help="segment i uses seed + i")
+    parser.add_argument("--cfg", type=float, default=5.0, help="text CFG scale (official 5.0)")
+    parser.add_argument("--overlap", type=int, default=0,
+                        help="frames shared by consecutive segments, 4m+1 and less than --frames (needed for 2+ prompts)")
+    parser.add_argument("--hold-mode", choices=("clean", "renoise"), default="clean",
+                        help="how the overlap is held from the previous segment")
+    parser.add_argument("--out", type=Path, required=True, help="output .mp4")
+    parser.add_argument("--save-latents", type=Path, help="also write the joined latents (.safetensors)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
+                        help="DiT dtype (default: float32 on CPU, bfloat16 elsewhere)")
+    from ..parallel.launch import add_parallel_arguments
+
+    add_parallel_arguments(parser)
+    return parser
+
+
+def read_image(path: Path, what: str) -> np.ndarray:
+    """An image file -> uint8 RGB `[H, W, 3]`; a missing or unreadable file is an `InputError`."""
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.is_file():
+        raise InputError(f"{what}: file {str(path)!r} does not exist")
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"{what}: {str(path)!r} is not a readable image ({exc})") from None
+
+
+def parse_size(text: str) -> tuple:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise InputError(f"--size must look like 640x352 (width x height), got {text!r}") from None
+    return width, height
+
+
+def request_from_args(args: argparse.Namespace) -> GenerateRequest:
+    """Validate every setting (nothing loaded yet); raises `InputError` naming what is wrong and what is allowed."""
+    from .continuation import check_overlap
+
+    width, height = parse_size(args.size)
+    validate_geometry(width, height, int(args.frames), float(args.fps))
+    prompts = [p for p in args.prompt]
+    if any(not p.strip() for p in prompts):
+        raise InputError("--prompt: every prompt must contain text")
+    if args.steps < 1:
+        raise InputError(f"--steps must be at least 1, got {args.steps}")
+    if args.seed < 0:
+        raise InputError(f"--seed must be 0 or more, got {args.seed}")
+    out = Path(args.out)
+    if out.suffix.lower() != ".mp4":
+        raise InputError(f"--out must end in .mp4, got {str(out)!r}")
+    if args.save_latents is not None and Path(args.save_latents).suffix != ".safetensors":
+        raise InputError(f"--save-latents must end in .safetensors, got {str(args.save_latents)!r}")
+    if len(prompts) > 1:
+        check_overlap(int(args.overlap), int(args.frames))
+    elif args.overlap:
+        raise InputError("--overlap needs two or more --prompt (one segment per prompt)")
+    image = read_image(args.image, "--image") if args.image else None
+    last_image = read_image(args.last_image, "--last-image") if args.last_image else None
+    return GenerateRequest(prompts=prompts, width=width, height=height, frames=int(args.frames), fps=float(args.fps),
+                           steps=int(args.steps), seed=int(args.seed), out=out, overlap=int(args.overlap),
+                           cfg=float(args.cfg), negative_prompt=args.negative_prompt, hold_mode=args.hold_mode,
+                           image=image, last_image=last_image, save_latents=args.save_latents)
+
+
+def generate(pipeline: MovaPipeline, request: GenerateRequest,
+             callback: Optional[Callable] = None) -> JointLatents:
+    """Sample every segment and join them: `JointLatents` of `request.total_frames` frames.
+
+    Segment 0 takes `--image` as its first frame; the last segment takes `--last-image` as its last frame.
+    Segment i > 0 continues segment i−1 (its first frame and the overlap come from the clip so far) with
+    seed `seed + i`; guidance, LoRA and memory plan are the pipeline's, the same for every segment.
+    """
+    guidance = GuidanceConfig(text_scale=request.cfg)
+    count = len(request.prompts)
+    joined: Optional[JointLatents] = None
+    for index, prompt in enumerate(request.prompts):
+        last = request.last_image if index == count - 1 else None
+        logger.info("segment %d/%d: %r", index + 1, count, prompt)
+        conditioning = pipeline.prepare_conditioning(
+            prompt, request.negative_prompt, request.image if index == 0 else None, width=request.width,
+            height=request.height, num_frames=request.frames, video_fps=request.fps, last_image_uint8=last)
+        if joined is None:
+            joined = pipeline.sample(conditioning, seed=request.seed, steps=request.steps, guidance=guidance,
+                                     callback=callback)
+        else:
+            from .continuation import extend
+
+            joined = extend(pipeline, joined, conditioning, overlap=request.overlap, seed=request.seed + index,
+                            steps=request.steps, guidance=guidance, hold_mode=request.hold_mode,
+                            callback=callback).joined
+    assert joined is not None
+    return joined
+
+
+def save_latents(path: Path, latents: JointLatents) -> Path:
+    """Write video `[1, z, T', h, w]` and audio `[1, C, L]` latents with the clip geometry as metadata (atomic)."""
+    from safetensors.torch import save_file
+
+    meta = {"format": "mova_av", "width": str(latents.width), "height": str(latents.height),
+            "num_frames": str(latents.num_frames), "video_fps": repr(float(latents.video_fps)),
+            "sample_rate": str(latents.sample_rate), "segments": json.dumps(list(latents_segments(latents)))}
+    tensors = {"video": latents.video.detach().float().cpu().contiguous(),
+               "audio": latents.audio.detach().float().cpu().contiguous()}
+    return _atomic(path, lambda temp: save_file(tensors, temp, metadata=meta))
+
+
+def latents_segments(latents: JointLatents) -> list:
+    return [seam.to_dict() for seam in latents.segments]
+
+
+def _atomic(path: Path, write: Callable[[str], None]) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial" + path.suffix, dir=str(path.parent))
+    os.close(handle)
+    try:
+        write(temp)
+        os.replace(temp, path)
+    except BaseException:
+        if os.path.exists(temp):
+            os.unlink(temp)
+        raise
+    return path
+
+
+def write_outputs(pipeline: MovaPipeline, latents: JointLatents, request: GenerateRequest) -> Path:
+    """Decode (video by temporal chunks) and write the mp4 (and the latents when asked); returns the mp4 path."""
+    from ..media.long_clip import write_clip_mp4
+
+    path = write_clip_mp4(pipeline, latents, request.out)
+    if request.save_latents is not None:
+        save_latents(request.save_latents, latents)
+    return path
+
+
+def run_generate(pipeline: MovaPipeline, request: GenerateRequest, callback: Optional[Callable] = None) -> Path:
+    return write_outputs(pipeline, generate(pipeline, request, callback), request)
+
+
+def open_pipeline(args: argparse.Namespace) -> MovaPipeline:
+    device = torch.device(args.device)
+    if args.dtype is None:
+        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+    else:
+        dtype = getattr(torch, args.dtype)
+    return MovaPipeline.from_pretrained(args.checkpoint, device=device, dtype=dtype)
+
+
+def generate_cli(argv: Optional[Sequence[str]] = None) -> int:
+    """Exit status 0 with the mp4 path as the last stdout line; 2 on bad settings (nothing written)."""
+    from ..checkpoint.folder import CheckpointError
+
+    parser = build_parser()
+    try:
+        args = parser.parse_args(list(argv or []))
+    except SystemExit as exc:
+        return int(exc.code or 0)
+    if args.parallel:
+        from ..parallel.launch import run_parallel_generate
+
+        return run_parallel_generate(args, request_from_args, open_pipeline, generate, write_outputs)
+    try:
+        request = request_from_args(args)
+        pipeline = open_pipeline(args)
+        path = run_generate(pipeline, request)
+    except (InputError, CheckpointError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    sys.stdout.write(f"{path}\n")
+    return 0

@@ -1,0 +1,72 @@
+"""The generate CLI: one segment per prompt, the mp4 path as the last stdout line, bad settings write nothing."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from safetensors import safe_open
+
+from mova_model.__main__ import main
+from mova_model.media.av_io import probe_media, read_video_frames
+
+BASE = ["--size", "32x32", "--frames", "9", "--fps", "8", "--steps", "2", "--seed", "3"]
+
+
+@pytest.fixture(scope="module")
+def first_png(tmp_path_factory):
+    path = tmp_path_factory.mktemp("img") / "first.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (40, 56, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+def run(capsys, *argv):
+    code = main(["generate", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_single_segment_writes_mp4_and_latents(tiny_checkpoint_dir, first_png, tmp_path, capsys):
+    out, lat = tmp_path / "clip.mp4", tmp_path / "clip.safetensors"
+    code, stdout, _ = run(capsys, tiny_checkpoint_dir, "--prompt", "a man says hello", "--image", first_png, *BASE,
+                          "--out", out, "--save-latents", lat)
+    assert code == 0
+    assert stdout.strip().splitlines()[-1] == str(out)
+    info = probe_media(out)
+    assert info.frames == 9 and info.audio_rate == 16000
+    with safe_open(str(lat), "pt") as f:
+        assert f.metadata()["num_frames"] == "9"
+        assert list(f.get_tensor("video").shape) == [1, 4, 3, 4, 4]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["clip.mp4", "clip.safetensors"]
+
+
+def test_same_seed_same_clip(tiny_checkpoint_dir, tmp_path, capsys):
+    paths = []
+    for name in ("a.mp4", "b.mp4"):
+        code, _, _ = run(capsys, tiny_checkpoint_dir, "--prompt", "rain on a roof", *BASE, "--out", tmp_path / name)
+        assert code == 0
+        paths.append(tmp_path / name)
+    assert np.array_equal(read_video_frames(paths[0])[0], read_video_frames(paths[1])[0])
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--size", "30x32"], "multiple of 16"),
+    (["--frames", "8"], "4k+1"),
+    (["--overlap", "5"], "two or more --prompt"),
+    (["--prompt", "second", "--overlap", "9"], "shorter than the segment"),
+    (["--prompt", "second", "--overlap", "4"], "4m+1"),
+    (["--prompt", "second"], "4m+1"),
+    (["--image", "missing.png"], "does not exist"),
+    (["--steps", "0"], "at least 1"),
+])
+def test_bad_settings_are_explained_and_write_nothing(tiny_checkpoint_dir, tmp_path, capsys, extra, message):
+    out = tmp_path / "out" / "clip.mp4"
+    code, stdout, stderr = run(capsys, tiny_checkpoint_dir, "--prompt", "a dog barks", *BASE, *extra, "--out", out,
+                               "--save-latents", tmp_path / "out" / "l.safetensors")
+    assert code == 2
+    assert message in stderr and "Traceback" not in stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_output_name(tiny_checkpoint_dir, tmp_path, capsys):
+    code, _, stderr = run(capsys, tiny_checkpoint_dir, "--prompt", "x", *BASE, "--out", tmp_path / "clip.avi")
+    assert code == 2 and ".mp4" in stderr and not list(tmp_path.iterdir())
