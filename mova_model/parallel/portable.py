@@ -44,18 +44,18 @@ def to_portable(value: Any) -> Any:
     return value
 
 
-def from_portable(value: Any) -> Any:
-    """The inverse of `to_portable`, with classes from this process's `mova_model`."""
+def from_portable(value: Any, package: str = "mova_model") -> Any:
+    """The inverse of `to_portable`, with classes from `package` (this process's name for `mova_model`)."""
     if isinstance(value, tuple) and len(value) == 4 and value[0] == _TAG:
         _, module, name, fields = value
-        cls = getattr(importlib.import_module(module), name)
-        return cls(**{k: from_portable(v) for k, v in fields.items()})
+        cls = getattr(importlib.import_module(package + module[len("mova_model"):]), name)
+        return cls(**{k: from_portable(v, package) for k, v in fields.items()})
     if isinstance(value, tuple) and len(value) == 2 and value[0] == _PATH:
         from pathlib import Path
 
         return Path(value[1])
     if isinstance(value, (list, tuple)):
-        return type(value)(from_portable(v) for v in value)
+        return type(value)(from_portable(v, package) for v in value)
     if isinstance(value, dict):
-        return {k: from_portable(v) for k, v in value.items()}
+        return {k: from_portable(v, package) for k, v in value.items()}
     return value

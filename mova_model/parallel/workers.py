@@ -8,7 +8,8 @@ rank 0's per-step reports to the host's callback (progress, preview), and return
 - Crash: a worker that exits is noticed within half a second; the pool is stopped and the error names the
   worker; the next `sample` starts a fresh pool. A worker whose peers vanish gets a `ParallelError` from the
   bounded collectives and exits.
-- Stop: `stop()` (unload, or the host exiting through `atexit`) ends every worker, politely then by force.
+- Stop: `stop()`, or the pool being dropped (the model unloaded) or the host exiting (a `weakref.finalize`),
+  ends every worker, politely then by force; an idle worker whose host died exits by itself.
 Workers are `torch.multiprocessing` "spawn" processes; the host's own main script is hidden from them while
 they start (they need only `mova_model`, found through the pack folder on `sys.path`).
 """
@@ -36,6 +37,8 @@ from .portable import from_portable, to_portable
 logger = logging.getLogger(__name__)
 
 PACK_ROOT = str(Path(__file__).resolve().parents[2])
+PACKAGE = __name__.rsplit(".parallel.", 1)[0]
+"""This process's name for the `mova_model` package (inside ComfyUI: `<pack folder>.mova_model`)."""
 START_TIMEOUT_S = 300.0
 
 
@@ -195,8 +198,8 @@ class WorkerPool:
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def sample(self, pipeline, conditioning, seed: int, steps: int, guidance, held=None,
-               on_step: Optional[Callable] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Run `pipeline.sample(conditioning, ...)` on the workers; (video, audio) latents on the CPU.
+               on_step: Optional[Callable] = None):
+        """Run `pipeline.sample(conditioning, ...)` on the workers; rank 0's `JointLatents` (on the CPU).
 
         `on_step(StepInfo)` runs here for every step of rank 0; if it raises, every worker stops at the same
         step and the exception is re-raised here."""
@@ -225,7 +228,7 @@ class WorkerPool:
             elif kind == "done":
                 finished.add(rank)
                 if rank == 0:
-                    result = (rest[0], rest[1])
+                    result = from_portable(rest[0], PACKAGE)
             elif kind == "cancelled":
                 finished.add(rank)
             elif kind == "error":
@@ -262,9 +265,15 @@ def worker_main(rank: int, world: int, port: int, device: str, split: str, cfg_d
         return
     results.put(("ready", rank))
     pipelines = {}
+    parent = os.getppid()
     try:
         while True:
-            job = jobs.get()
+            try:
+                job = jobs.get(timeout=2.0)
+            except queue.Empty:
+                if os.getppid() != parent:  # the host died without stopping us
+                    break
+                continue
             if job is None:
                 break
             fatal = _run_job(from_portable(job), rank, torch_device, context, pipelines, results, stop_flag)
@@ -299,9 +308,9 @@ def _run_job(job: dict, rank: int, device: torch.device, context, pipelines: dic
         latents = pipe.sample(job["conditioning"], seed=job["seed"], steps=job["steps"], guidance=job["guidance"],
                               held=job["held"], callback=on_step)
         if rank == 0:
-            results.put(("done", 0, latents.video.detach().cpu().clone(), latents.audio.detach().cpu().clone()))
+            results.put(("done", 0, to_portable(latents)))
         else:
-            results.put(("done", rank, None, None))
+            results.put(("done", rank, None))
         return False
     except WorkerCancelled:
         results.put(("cancelled", rank))
