@@ -17,7 +17,8 @@ def first_frame_uint8(image: torch.Tensor | None, name: str = "image") -> np.nda
     if image.dim() != 4 or image.shape[-1] not in (3, 4):
         raise ValueError(f"{name}: expected a ComfyUI IMAGE [batch, height, width, 3], got shape {list(image.shape)}")
     if image.shape[0] != 1:
-        raise ValueError(f"{name}: expected one frame, got a batch of {image.shape[0]} images; "
+        what = "last frame" if name == "last_image" else "first frame"
+        raise ValueError(f"{name}: expected one {what}, got a batch of {image.shape[0]} images; "
                          "pick one (e.g. with an 'ImageFromBatch' node)")
     return (image[0, :, :, :3].clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
 

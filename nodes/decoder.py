@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
-from ..mova_model.sampling.pipeline import clip_audio_samples as clip_samples
+from ..mova_model.media.long_clip import decode_clip_audio, decode_frames
+from ..mova_model.sampling.pipeline import clip_audio_samples as clip_samples  # noqa: F401  (the trim rule)
 from .types import MovaModel, handle_of, latents_from_comfy
 
 
@@ -15,7 +16,9 @@ class MovaAVDecoder(io.ComfyNode):
             display_name="MOVA Audio/Video Decoder",
             category="MOVA/decode",
             description="Decodes the video latents with the Wan VAE into frames (IMAGE [F, H, W, 3], 0..1) and the "
-                        "audio latents with the DAC into a waveform (AUDIO), trimmed to frames / fps seconds.",
+                        "audio latents with the DAC into a waveform (AUDIO), trimmed to frames / fps seconds. The video is "
+                        "decoded a few latent frames at a time (same frames as a whole decode), so a long joined "
+                        "clip needs the output plus one chunk.",
             inputs=[MovaModel.Input("model"), io.Latent.Input("latent")],
             outputs=[io.Image.Output(display_name="frames"), io.Audio.Output(display_name="audio")],
         )
@@ -24,10 +27,9 @@ class MovaAVDecoder(io.ComfyNode):
     def execute(cls, model, latent) -> io.NodeOutput:
         pipe = handle_of(model).pipeline
         latents = latents_from_comfy(latent)
-        frames = pipe.decode_video(latents)
-        waveform, rate = pipe.decode_audio(latents)
-        samples = clip_samples(latents.num_frames, latents.video_fps, rate)
-        audio = {"waveform": waveform[:, :, :samples].contiguous(), "sample_rate": rate}
+        frames = decode_frames(pipe, latents)
+        waveform, rate = decode_clip_audio(pipe, latents)
+        audio = {"waveform": waveform, "sample_rate": rate}
         return io.NodeOutput(frames, audio)
 
 

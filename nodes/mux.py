@@ -7,7 +7,9 @@ import folder_paths
 import torch
 from comfy_api.latest import InputImpl, io, ui
 
-from ..mova_model.media.av_io import frames_to_uint8, write_mp4
+from ..mova_model.media.av_io import Mp4Writer, frames_to_uint8
+
+MUX_CHUNK_FRAMES = 16
 
 
 def fit_audio(waveform: torch.Tensor, samples: int) -> torch.Tensor:
@@ -40,8 +42,11 @@ class MovaMux(io.ComfyNode):
     def execute(cls, frames, fps: float, filename_prefix: str, audio=None) -> io.NodeOutput:
         if not fps > 0:
             raise ValueError(f"fps must be greater than 0, got {fps}")
-        images = frames_to_uint8(frames)
-        count, height, width, _ = images.shape
+        if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[-1] != 3:
+            raise ValueError(f"frames: expected IMAGE [F, H, W, 3], got {list(getattr(frames, 'shape', []))}")
+        count, height, width, _ = frames.shape
+        if count == 0:
+            raise ValueError("frames: the IMAGE batch is empty")
         if height % 2 or width % 2:
             raise ValueError(f"frames: H.264 needs even width and height, got {width}x{height}")
         waveform = rate = None
@@ -54,7 +59,11 @@ class MovaMux(io.ComfyNode):
         folder, name, counter, subfolder, _ = folder_paths.get_save_image_path(
             filename_prefix, folder_paths.get_output_directory(), width, height)
         file = f"{name}_{counter:05}_.mp4"
-        path = write_mp4(os.path.join(folder, file), images, fps, waveform, rate)
+        # uint8 a chunk at a time into the streaming writer: no full-clip copy besides the input IMAGE
+        with Mp4Writer(os.path.join(folder, file), width, height, fps, waveform, rate) as writer:
+            for start in range(0, count, MUX_CHUNK_FRAMES):
+                writer.add_frames(frames_to_uint8(frames[start:start + MUX_CHUNK_FRAMES]))
+        path = writer.path
         video = InputImpl.VideoFromFile(str(path))
         return io.NodeOutput(video, ui=ui.PreviewVideo([ui.SavedResult(file, subfolder, io.FolderType.output)]))
 

@@ -40,18 +40,25 @@ def latents_to_comfy(latents: JointLatents) -> dict:
     `[1, C, L]` and the clip geometry beside them, `type` = "mova_av"."""
     return {"samples": latents.video.cpu(), "audio_samples": latents.audio.cpu(), "type": LATENT_TYPE,
             "mova": {"width": latents.width, "height": latents.height, "num_frames": latents.num_frames,
-                     "video_fps": latents.video_fps, "sample_rate": latents.sample_rate}}
+                     "video_fps": latents.video_fps, "sample_rate": latents.sample_rate,
+                     "segments": [seam.to_dict() for seam in latents.segments]}}
 
 
-def latents_from_comfy(latent: dict) -> JointLatents:
-    """A LATENT made by the MOVA Joint Sampler -> JointLatents; any other LATENT is rejected with a message."""
+def latents_from_comfy(latent: dict, name: str = "latent") -> JointLatents:
+    """A LATENT made by the MOVA Joint Sampler (or MOVA Extend) -> JointLatents; any other LATENT is rejected."""
     if not isinstance(latent, dict) or latent.get("type") != LATENT_TYPE or "audio_samples" not in latent:
-        raise ValueError("latent: this LATENT was not made by the MOVA Joint Sampler (it has no audio stream); "
+        raise ValueError(f"{name}: this LATENT was not made by the MOVA Joint Sampler (it has no audio stream); "
                          "connect the MOVA Joint Sampler's output")
-    meta = latent["mova"]
+    meta = latent.get("mova")
+    if not isinstance(meta, dict) or any(k not in meta for k in ("width", "height", "num_frames", "video_fps", "sample_rate")):
+        raise ValueError("latent: this MOVA LATENT has lost its clip description (size, frames, fps); "
+                         "connect a MOVA Joint Sampler or MOVA Extend output directly")
+    from ..mova_model.sampling.continuation import Seam
+
     return JointLatents(video=latent["samples"], audio=latent["audio_samples"], width=int(meta["width"]),
                         height=int(meta["height"]), num_frames=int(meta["num_frames"]),
-                        video_fps=float(meta["video_fps"]), sample_rate=int(meta["sample_rate"]))
+                        video_fps=float(meta["video_fps"]), sample_rate=int(meta["sample_rate"]),
+                        segments=tuple(Seam.from_dict(d) for d in meta.get("segments") or ()))
 
 
 def conditioning_of(value) -> Conditioning:

@@ -40,6 +40,8 @@ def main() -> int:
         client = comfy_host.ComfySession(server, out_dir=base / "downloads")
         image = comfy_host.write_test_image(base / "mova_first_frame.png", 640, 352)
         client.upload_image(image, name="mova_first_frame.png")
+        last = comfy_host.write_test_image(base / "mova_last_frame.png", 352, 640)
+        client.upload_image(last, name="mova_last_frame.png")
         for source in sorted((REPO / "workflows" / "api").glob("*_api.json")):
             target = REPO / "workflows" / source.name.replace("_api.json", ".json")
             cmd = ["node", str(REPO / "tests" / "browser" / "driver.mjs"), "--url", server.url, "--workflow", str(source),

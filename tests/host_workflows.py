@@ -16,10 +16,12 @@ from host_fixtures import REPO_ROOT
 
 API_DIR = REPO_ROOT / "workflows" / "api"
 SHIPPED = ("i2va", "t2va", "a2v", "v2a")
+LONG = ("long24", "first_last")  # long clips and keyframes: tests/host/test_long_workflows.py
 
 # The small clip every test renders: a multiple of 16 on each side, 4k+1 frames.
 TINY = {"width": 64, "height": 64, "frames": 9, "fps": 8.0, "steps": 3}
 
+LAST_FRAME_NAME = "mova_last_frame.png"  # what workflows/api/mova_first_last_api.json loads as the last frame
 VOICE_NAME = "mova_voice.wav"  # what workflows/api/mova_a2v_api.json loads
 CLIP_NAME = "mova_clip.mp4"  # what workflows/api/mova_v2a_api.json loads
 VOICE_SECONDS = 0.7
@@ -108,6 +110,10 @@ def upload_media(comfy, workdir: Path) -> dict:
         comfy.images["voice"] = comfy.upload_image(write_voice_wav(workdir / VOICE_NAME))
     if "clip" not in comfy.images:
         comfy.images["clip"] = comfy.upload_image(write_clip_mp4(workdir / CLIP_NAME))
+    if "last_frame" not in comfy.images:
+        from comfy_host import write_test_image
+
+        comfy.images["last_frame"] = comfy.upload_image(write_test_image(workdir / LAST_FRAME_NAME, 48, 64))
     return comfy.images
 
 

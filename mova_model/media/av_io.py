@@ -240,3 +240,18 @@ def read_video_frames(path: Path | str) -> tuple:
     if not frames:
         raise MediaError(f"{path}: no video frames")
     return np.stack(frames), fps
+
+
+def read_audio(path: Path | str) -> tuple:
+    """Decode the first audio stream of a media file to (`[C, S]` float32 −1..1, sample rate in Hz)."""
+    with av.open(str(path)) as container:
+        if not container.streams.audio:
+            raise MediaError(f"{path}: no audio stream")
+        stream = container.streams.audio[0]
+        chunks = [f.to_ndarray().astype(np.float32).reshape(stream.codec_context.channels, -1)
+                  if f.format.is_planar else f.to_ndarray().astype(np.float32).reshape(-1, stream.codec_context.channels).T
+                  for f in container.decode(stream)]
+        rate = int(stream.codec_context.sample_rate)
+    if not chunks:
+        raise MediaError(f"{path}: the audio stream is empty")
+    return np.concatenate(chunks, axis=1), rate

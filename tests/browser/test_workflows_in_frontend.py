@@ -8,7 +8,7 @@ tests/artifacts/browser/.
 import pytest
 
 from host_fixtures import REPO_ROOT
-from host_workflows import (API_DIR, SHIPPED, TINY, load_api, node_of, output_files, patch_for_speed, upload_media,
+from host_workflows import (API_DIR, LONG, SHIPPED, TINY, load_api, node_of, output_files, patch_for_speed, upload_media,
                             video_files)
 from mova_model.media.av_io import probe_media
 
@@ -24,7 +24,7 @@ def media(comfy, tmp_path_factory):
 
 
 def test_every_shipped_generation_workflow_is_covered():
-    assert {p.name for p in API_FILES} == {f"mova_{name}_api.json" for name in SHIPPED}
+    assert {p.name for p in API_FILES} == {f"mova_{name}_api.json" for name in SHIPPED + LONG}
 
 
 @pytest.mark.parametrize("path", API_FILES + UI_FILES, ids=lambda p: p.relative_to(REPO_ROOT / "workflows").as_posix())

@@ -1,5 +1,7 @@
 """The generate CLI: one segment per prompt, the mp4 path as the last stdout line, bad settings write nothing."""
 
+import json
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -70,3 +72,19 @@ def test_bad_settings_are_explained_and_write_nothing(tiny_checkpoint_dir, tmp_p
 def test_bad_output_name(tiny_checkpoint_dir, tmp_path, capsys):
     code, _, stderr = run(capsys, tiny_checkpoint_dir, "--prompt", "x", *BASE, "--out", tmp_path / "clip.avi")
     assert code == 2 and ".mp4" in stderr and not list(tmp_path.iterdir())
+
+
+def test_three_prompts_join_to_n_f_minus_overlaps(tiny_checkpoint_dir, first_png, tmp_path, capsys):
+    out, lat = tmp_path / "long.mp4", tmp_path / "long.safetensors"
+    code, stdout, _ = run(capsys, tiny_checkpoint_dir, "--prompt", "a dog barks", "--prompt", "a car passes",
+                          "--prompt", "rain falls", "--image", first_png, "--last-image", first_png, *BASE,
+                          "--overlap", "5", "--out", out, "--save-latents", lat)
+    assert code == 0 and stdout.strip().splitlines()[-1] == str(out)
+    info = probe_media(out)
+    assert info.frames == 3 * 9 - 2 * 5
+    with safe_open(str(lat), "pt") as f:
+        meta = f.metadata()
+        assert meta["num_frames"] == "17"
+        seams = json.loads(meta["segments"])
+        assert [s["frame"] for s in seams] == [4, 8] and [s["seed"] for s in seams] == [4, 5]
+        assert f.get_tensor("audio").shape[-1] == (int(16000 * 17 / 8) - 1) // 160 + 1
