@@ -2,10 +2,12 @@
 
 The server stays one process; the workers (a torch.distributed group among themselves: NCCL on GPUs, gloo on
 CPU) split each step CFG-parallel, Ulysses sequence-parallel or both (`mova_model.parallel`). Progress,
-preview and cancel work as with one device; workers stop when this model is dropped or the server exits.
+preview and cancel work as with one device, for every node that samples with this model (Joint Sampler,
+Extend); workers stop when this model is dropped or the server exits.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 
 from comfy_api.latest import io
@@ -50,7 +52,9 @@ class MovaMultiGPU(io.ComfyNode):
             pool = WorkerPool(WorkerSpec(devices=parse_devices(devices), split=split, timeout_s=float(timeout_s)))
         except ParallelError as exc:
             raise ValueError(f"MOVA Multi-GPU: {exc}") from None
-        return io.NodeOutput(dataclasses.replace(handle, workers=pool))
+        pipeline = copy.copy(handle.pipeline)  # a view sharing the modules; the input model is untouched
+        pipeline.remote = pool
+        return io.NodeOutput(dataclasses.replace(handle, pipeline=pipeline))
 
 
 NODES = [MovaMultiGPU]

@@ -83,10 +83,7 @@ class MovaJointSampler(io.ComfyNode):
         config = guidance if isinstance(guidance, GuidanceConfig) else GuidanceConfig(text_scale=float(cfg))
         callback = make_step_callback(steps, pipe.configs.video_vae.z_dim, cls.hidden.unique_id)
         try:
-            if handle.workers is not None:  # MOVA Multi-GPU: the worker processes sample, this process relays
-                latents = handle.workers.sample(pipe, conditioning, seed, steps, config, held, callback)
-            else:
-                latents = pipe.sample(conditioning, seed=seed, steps=steps, guidance=config, held=held, callback=callback)
+            latents = pipe.sample(conditioning, seed=seed, steps=steps, guidance=config, held=held, callback=callback)
         except BaseException:
             pipe.release_all()
             raise

@@ -31,8 +31,6 @@ class MovaModelHandle:
     pipeline: MovaPipeline
     name: str
     plan_text: str = ""
-    workers: Optional[object] = None
-    """A `mova_model.parallel.workers.WorkerPool` when MOVA Multi-GPU spreads sampling over worker processes."""
 
 
 def latents_to_comfy(latents: JointLatents) -> dict:

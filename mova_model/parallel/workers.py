@@ -198,7 +198,7 @@ class WorkerPool:
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def sample(self, pipeline, conditioning, seed: int, steps: int, guidance, held=None,
-               on_step: Optional[Callable] = None):
+               on_step: Optional[Callable] = None, noise=None):
         """Run `pipeline.sample(conditioning, ...)` on the workers; rank 0's `JointLatents` (on the CPU).
 
         `on_step(StepInfo)` runs here for every step of rank 0; if it raises, every worker stops at the same
@@ -208,7 +208,7 @@ class WorkerPool:
         self.start()
         job = to_portable({"checkpoint": str(pipeline.checkpoint.root), "dtype": str(pipeline.dtype).replace("torch.", ""),
                            "memory": pipeline.memory, "lora": pipeline.lora, "conditioning": conditioning,
-                           "seed": int(seed), "steps": int(steps), "guidance": guidance, "held": held})
+                           "seed": int(seed), "steps": int(steps), "guidance": guidance, "held": held, "noise": noise})
         self.stop_flag.clear()
         for q in self.jobs:
             q.put(job)
@@ -239,6 +239,10 @@ class WorkerPool:
             if any(fatal for _, _, fatal in errors):
                 self.stop()
             rank, message, _ = sorted(errors)[0]
+            if message.startswith("InputError: "):  # a bad setting: the same message as without workers
+                from ..sampling.pipeline import InputError
+
+                raise InputError(message[len("InputError: "):])
             raise ParallelError(message if message.startswith("MOVA") else f"MOVA worker {rank}: {message}")
         if raised is not None:
             raise raised
@@ -306,7 +310,7 @@ def _run_job(job: dict, rank: int, device: torch.device, context, pipelines: dic
                 raise WorkerCancelled()
 
         latents = pipe.sample(job["conditioning"], seed=job["seed"], steps=job["steps"], guidance=job["guidance"],
-                              held=job["held"], callback=on_step)
+                              noise=job["noise"], held=job["held"], callback=on_step)
         if rank == 0:
             results.put(("done", 0, to_portable(latents)))
         else:

@@ -129,6 +129,9 @@ class MovaPipeline:
         self.parallel = None
         """A `mova_model.parallel.ParallelContext` every `sample` call of this pipeline runs under (None: one
         process); set by the torchrun launcher and the multi-GPU workers."""
+        self.remote = None
+        """A `mova_model.parallel.workers.WorkerPool` that runs every `sample` call of this pipeline in its worker
+        processes (set by the MOVA Multi-GPU node; None: sample here)."""
 
     @classmethod
     def from_pretrained(cls, folder: Path | str, device: torch.device | str = "cpu",
@@ -265,7 +268,11 @@ class MovaPipeline:
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
         `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options.
         `parallel`: a `mova_model.parallel.ParallelContext` of this rank (CFG / sequence parallel); every rank
-        calls `sample` with the same arguments and gets the same latents."""
+        calls `sample` with the same arguments and gets the same latents. With `remote` set, the worker
+        pool samples and this process only relays the callback."""
+        if self.remote is not None and plan is None and parallel is None:
+            return self.remote.sample(self, conditioning, seed, steps, guidance or GuidanceConfig(), held, callback,
+                                      noise=noise)
         c = conditioning
         video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
         if noise is None:
@@ -365,6 +372,7 @@ class MovaPipeline:
                              lora=self.lora.with_patch(patch), memory=self.memory)
         clone.free_vram_probe = self.free_vram_probe
         clone.parallel = self.parallel
+        clone.remote = self.remote
         return clone
 
     def release_all(self) -> None:

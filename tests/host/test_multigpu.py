@@ -1,7 +1,8 @@
 """MOVA Multi-GPU through the real ComfyUI host with two CPU worker processes (gloo on 127.0.0.1).
 
 The I2VA workflow with a MOVA Multi-GPU node (devices "cpu,cpu", CFG split) between the Loader and the sampler
-must give the mp4 of the plain workflow (CFG-parallel latents are bit-identical); progress and previews arrive
+must give the mp4 of the plain workflow (CFG-parallel latents are bit-identical), and so must the three-segment
+workflow whose MOVA Extend nodes sample through the same workers; progress and previews arrive
 as for one process; /interrupt stops both workers within a step and the pool keeps serving; a killed worker
 is reported in the run's error and the next run restarts the workers.
 """
@@ -13,16 +14,18 @@ import av
 import numpy as np
 import pytest
 
-from host_workflows import TINY, load_api, node_of, patch_for_speed
+from host_workflows import TINY, load_api, node_of, nodes_of, patch_for_speed
 
 STEPS = TINY["steps"]
 
 
 def with_multigpu(wf: dict, devices="cpu,cpu", split="cfg", timeout_s=60.0) -> dict:
-    loader, sampler = node_of(wf, "MovaLoader"), node_of(wf, "MovaJointSampler")
+    """The workflow with a MOVA Multi-GPU node feeding every node that samples (Joint Sampler, Extend)."""
+    loader = node_of(wf, "MovaLoader")
     wf["90"] = {"class_type": "MovaMultiGPU", "inputs": {"model": [loader, 0], "devices": devices, "split": split,
                                                         "timeout_s": timeout_s}}
-    wf[sampler]["inputs"]["model"] = ["90", 0]
+    for nid in nodes_of(wf, "MovaJointSampler") + nodes_of(wf, "MovaExtend"):
+        wf[nid]["inputs"]["model"] = ["90", 0]
     return wf
 
 
@@ -110,6 +113,21 @@ def test_killed_worker_is_reported_and_restarted(comfy, mova_checkpoint, plain_a
     assert restarted.status == "success", restarted.error
     new = worker_pids(comfy.server.pid)
     assert len(new) == 2 and not set(new) & set(pids)
+
+
+def test_three_segment_workflow_with_extend_through_the_workers(comfy, mova_checkpoint, plain_and_parallel):
+    def long24(prefix, multigpu):
+        wf = patch_for_speed(load_api("long24"), mova_checkpoint, prefix=prefix, seed=90)
+        for i, nid in enumerate(nodes_of(wf, "MovaExtend")):
+            wf[nid]["inputs"].update(overlap=5, steps=STEPS, seed=91 + i)
+        return with_multigpu(wf) if multigpu else wf
+
+    plain = comfy.run(long24("mova_test/mgpu_long_plain", False), timeout=600)
+    parallel = comfy.run(long24("mova_test/mgpu_long_two", True), timeout=600)
+    assert plain.status == "success" and parallel.status == "success", f"{plain.error} {parallel.error}"
+    (a,) = [p for p in plain.outputs if p.suffix == ".mp4"]
+    (b,) = [p for p in parallel.outputs if p.suffix == ".mp4"]
+    assert a.read_bytes() == b.read_bytes()
 
 
 def test_workers_stop_when_the_model_is_unloaded(comfy, mova_checkpoint, plain_and_parallel):
