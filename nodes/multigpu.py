@@ -12,7 +12,7 @@ import dataclasses
 
 from comfy_api.latest import io
 
-from ..mova_model.parallel.layout import SPLITS, ParallelError
+from ..mova_model.parallel.layout import SPLITS, ParallelError, ParallelLayout, check_layout
 from ..mova_model.parallel.workers import WorkerPool, WorkerSpec
 from .types import MovaModel, handle_of
 
@@ -49,7 +49,12 @@ class MovaMultiGPU(io.ComfyNode):
     def execute(cls, model, devices: str, split: str, timeout_s: float = 600.0) -> io.NodeOutput:
         handle = handle_of(model)
         try:
-            pool = WorkerPool(WorkerSpec(devices=parse_devices(devices), split=split, timeout_s=float(timeout_s)))
+            spec = WorkerSpec(devices=parse_devices(devices), split=split, timeout_s=float(timeout_s))
+            spec.validate()
+            layout = spec.layout()
+            # the head counts are known now; the guidance passes only when the sampler runs
+            check_layout(ParallelLayout(cfg=1, ulysses=layout.ulysses), handle.pipeline.configs, ())
+            pool = WorkerPool(spec)
         except ParallelError as exc:
             raise ValueError(f"MOVA Multi-GPU: {exc}") from None
         pipeline = copy.copy(handle.pipeline)  # a view sharing the modules; the input model is untouched

@@ -70,7 +70,11 @@ class WorkerSpec:
             raise ParallelError("all workers must be CUDA devices or all CPU (NCCL and gloo do not mix)")
         if self.timeout_s <= 0:
             raise ParallelError(f"timeout must be more than 0 seconds, got {self.timeout_s}")
-        layout_for(self.split, len(self.devices), self.cfg_degree)
+        self.layout()
+
+    def layout(self):
+        """The `ParallelLayout` of these workers (raises `ParallelError` for an impossible split)."""
+        return layout_for(self.split, len(self.devices), self.cfg_degree)
 
 
 class WorkerCancelled(Exception):

@@ -130,9 +130,21 @@ def test_three_segment_workflow_with_extend_through_the_workers(comfy, mova_chec
     assert a.read_bytes() == b.read_bytes()
 
 
+def test_a_ulysses_degree_the_heads_do_not_allow_is_refused_at_the_node(comfy, mova_checkpoint):
+    wf = with_multigpu(patch_for_speed(load_api("i2va"), mova_checkpoint, prefix="mova_test/mgpu_refused"),
+                       split="ulysses")
+    result = comfy.run(wf, timeout=120)
+    assert result.status == "error"
+    assert "Ulysses degree 2 does not divide" in str(result.error) and "allowed degrees: 1" in str(result.error)
+    assert result.outputs == []
+
+
 def test_workers_stop_when_the_model_is_unloaded(comfy, mova_checkpoint, plain_and_parallel):
     import time
 
+    run = comfy.run(with_multigpu(patch_for_speed(load_api("i2va"), mova_checkpoint, seed=95,
+                                                  prefix="mova_test/mgpu_before_free")), timeout=400)
+    assert run.status == "success", run.error
     assert len(worker_pids(comfy.server.pid)) == 2
     status, _ = comfy.post_json("/free", {"unload_models": True, "free_memory": True})
     assert status == 200
