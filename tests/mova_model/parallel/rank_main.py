@@ -61,6 +61,7 @@ def main() -> int:
         if rank == 0:
             with open(args.out + ".error", "w") as f:
                 f.write(f"{time.monotonic() - last_step_end[0]:.2f}\n{err}\n")
+        parallel.close()  # leaving a broken group must not hang either (the CLI does the same)
         return 3
     if rank == 0:
         save_file({"video": latents.video.contiguous(), "audio": latents.audio.contiguous()}, args.out)
