@@ -11,7 +11,8 @@ through `joint_forward`, spread by `ParallelContext.run_branches` (CFG: one all-
 Ulysses: all-to-alls around every self- and bridge attention, an all-gather of the head outputs). Every
 configuration runs in fresh processes (torch.multiprocessing spawn, 127.0.0.1; NCCL with one GPU per rank
 when --device cuda). Weights are random (`bench.denoiser.build`), so only times and bytes mean anything.
-Bytes are counted by `parallel.comm.CommStats` as what one rank sends (rank 0 shown).
+Bytes are counted by `parallel.comm.CommStats` as what one rank sends (rank 0 shown); `max |diff|` compares
+each configuration's predictions with the one-rank run (0 expected for CFG; bf16 on GPUs, fp32 on CPU).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def _rank_main(rank: int, world: int, split, branches: int, port: int, args, out
                              sequence=None if context is None else context.sequence)
         return v.float(), a.float()
 
-    times = []
+    times, preds = [], None
     for i in range(args.warmup + args.repeat):
         if i == args.warmup:
             stats.reset()
@@ -92,16 +93,17 @@ def _rank_main(rank: int, world: int, split, branches: int, port: int, args, out
             torch.cuda.synchronize()
         start = time.perf_counter()
         if context is None:
-            {b: forward(b) for b in chosen}
+            preds = {b: forward(b) for b in chosen}
         else:
-            context.run_branches(chosen, forward, i)
+            preds = context.run_branches(chosen, forward, i)
         if device.type == "cuda":
             torch.cuda.synchronize()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     if rank == 0:
         out.put({"time": statistics.median(times), "calls": {k: v / args.repeat for k, v in stats.calls.items()},
-                 "bytes": {k: v / args.repeat for k, v in stats.bytes_sent.items()}})
+                 "bytes": {k: v / args.repeat for k, v in stats.bytes_sent.items()},
+                 "preds": {b.name: (v.cpu().numpy(), a.cpu().numpy()) for b, (v, a) in preds.items()}})  # by value
     if context is not None:
         context.close()
 
@@ -168,6 +170,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     rows: List = []
     base: Dict[int, float] = {}
+    reference: Dict[int, Dict] = {}
     plan = [("1 rank", 1), ("1 rank dual", 1)]
     for world in args.ranks:
         if world == 1:
@@ -184,19 +187,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         result = measure(world, split, branches, args)
         if split is None:
             base[branches] = result["time"]
+            reference[branches] = result["preds"]
+        result["max_diff"] = max(float(abs(got - want).max()) for name, pair in result["preds"].items()
+                                 for got, want in zip(pair, reference[branches][name]))
         rows.append((name, world, branches, result))
     t, h, w = args.video_grid
     sys.stdout.write(f"\none sampler step on {args.device} ({args.threads} thread(s) per rank), video {args.video_dim}/"
                      f"{args.video_heads} heads/{args.video_layers} layers, audio {args.audio_dim}/{args.audio_heads}/"
                      f"{args.audio_layers}, video tokens {t * (h // 2) * (w // 2)}\n\n")
     sys.stdout.write(f"{'config':<12} {'ranks':>5} {'passes':>6} {'s/step':>8} {'speed-up':>8}  "
-                     f"{'collective':<34} {'calls':>6} {'KiB sent/rank':>14}\n")
+                     f"{'max |diff|':>10}  {'collective':<34} {'calls':>6} {'KiB sent/rank':>14}\n")
     for name, world, branches, result in rows:
         speed = base[branches] / result["time"]
         items = sorted(result["bytes"].items()) or [("-", 0)]
         for i, (what, nbytes) in enumerate(items):
-            head = (f"{name:<12} {world:>5} {branches:>6} {result['time']:>8.3f} {speed:>8.2f}" if i == 0
-                    else " " * 42)
+            head = (f"{name:<12} {world:>5} {branches:>6} {result['time']:>8.3f} {speed:>8.2f} "
+                    f"{result['max_diff']:>10.2e}" if i == 0 else " " * 53)
             calls = result["calls"].get(what, 0)
             sys.stdout.write(f"{head}  {what:<34} {calls:>6.0f} {nbytes / 1024:>14.1f}\n")
     return 0
