@@ -8,6 +8,7 @@
 - `generate CHECKPOINT --prompt TEXT [--prompt TEXT ...] [--image F] [--last-image F] --size WxH --frames N
   --fps F --steps S --seed N [--overlap K] --out FILE.mp4 [--save-latents FILE.safetensors]`: one segment per
   prompt, joined with K overlapping frames; the last stdout line is the mp4 path.
+  Several GPUs: `torchrun --nproc-per-node N -m mova_model generate ... --parallel cfg|ulysses|cfg+ulysses`.
 - `train CHECKPOINT DATASET --out FILE.safetensors [...]`: train a LoRA (see `mova_model.training.cli`).
 """
 

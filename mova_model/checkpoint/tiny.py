@@ -192,7 +192,11 @@ def tiny_checkpoint_cli(argv: List[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m mova_model tiny-checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights")
+    parser.add_argument("--six-heads", action="store_true",
+                        help="6 heads in every attention (video 48, audio 48 wide, bridge heads of 8), so sequence "
+                             "parallelism (Ulysses 2 and 3) can split them")
     args = parser.parse_args(argv)
-    path = write_tiny_checkpoint(args.dest, seed=args.seed)
+    spec = TinySpec(video_heads=6, audio_dim=48, audio_heads=6, bridge_head_dim=8) if args.six_heads else None
+    path = write_tiny_checkpoint(args.dest, seed=args.seed, spec=spec)
     sys.stdout.write(f"{path}\n")
     return 0

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from ..checkpoint.configs import BridgeConfig
-from .dit_block import attention
+from .dit_block import sequence_attention
 from .ops import Operations
 from .rope import aligned_positions, apply_rotate_half, rotate_half_cos_sin
 
@@ -80,7 +80,7 @@ class BridgeAttention(nn.Module):
             q = apply_rotate_half(q, x_rope[0], x_rope[1], self.head_dim)
         if y_rope is not None:
             k = apply_rotate_half(k, y_rope[0], y_rope[1], self.head_dim)
-        return self.o(attention(q, k, v, self.num_heads))
+        return self.o(sequence_attention(q, k, v, self.num_heads))
 
 
 class BridgeConditioner(nn.Module):

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Protocol, Tuple
 
 import torch
 from torch import nn
@@ -59,6 +59,22 @@ class BridgeScales:
         return self.resolve() == (0.0, 0.0)
 
 
+class SequenceSplit(Protocol):
+    """Sequence parallelism seen from `joint_forward` (implemented by `mova_model.parallel.ulysses`).
+
+    split: full token streams and their RoPE tables -> this rank's shards (same order as the arguments);
+    executor: wraps the block executor so attention inside each block works on the shards;
+    gather: the head outputs of the shards -> the full streams [B, Nv, Cv], [B, Na, Ca].
+    """
+
+    def split(self, video_x, audio_x, video_freqs, audio_freqs, video_rope, audio_rope) -> tuple: ...
+
+    def executor(self, run: Executor, video_dit: nn.Module, audio_dit: nn.Module,
+                 bridge: Optional[nn.Module]) -> Executor: ...
+
+    def gather(self, video_x: torch.Tensor, audio_x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]: ...
+
+
 def _call(module: nn.Module, *args) -> torch.Tensor:
     return module(*args)
 
@@ -81,7 +97,8 @@ def joint_forward_with_grad(video_dit: VideoDiT, audio_dit: AudioDiT, bridge: Op
                   video_input: torch.Tensor, audio_latents: torch.Tensor, context: torch.Tensor,
                   video_timestep: torch.Tensor, audio_timestep: Optional[torch.Tensor], video_fps: float,
                   scales: BridgeScales = BridgeScales(), executor: Optional[Executor] = None,
-                  dtype: Optional[torch.dtype] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+                  dtype: Optional[torch.dtype] = None,
+                  sequence: Optional[SequenceSplit] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """Velocity predictions of both towers for one context, as `MOVA.inference_single_step`.
 
     video_input: [B, 36, T, H, W] = noisy latent (16) + first-frame mask (4) + condition latent (16);
@@ -89,7 +106,9 @@ def joint_forward_with_grad(video_dit: VideoDiT, audio_dit: AudioDiT, bridge: Op
     video_timestep, audio_timestep: [B] or [1] on the 0..1000 scale (audio None = the video timestep);
     video_fps: pixel frame rate, used for the bridge's time alignment; scales: `BridgeScales`;
     executor(module, *args): runs every DiT block and every bridge conditioner (default: a plain call);
-    dtype: compute dtype (default: the video expert's weight dtype, bf16 when it is stored in fp8).
+    dtype: compute dtype (default: the video expert's weight dtype, bf16 when it is stored in fp8);
+    sequence: sequence parallelism (`SequenceSplit`): the blocks run on this rank's token shards, the heads on
+    the gathered streams (None: one process holds every token).
 
     Returns (video_pred [B, 16, T, H, W], audio_pred [B, 128, L]), float32. Autograd is left as the caller
     has it (training runs this with LoRA parameters that require grad; `joint_forward` is the no-grad form).
@@ -128,6 +147,11 @@ def joint_forward_with_grad(video_dit: VideoDiT, audio_dit: AudioDiT, bridge: Op
     if bridge_on and bridge.apply_cross_rope:
         video_rope, audio_rope = bridge.aligned_rope(video_fps, grid, audio_x.shape[1], video_x.device, dtype)
 
+    if sequence is not None:
+        video_x, audio_x, video_freqs, audio_freqs, video_rope, audio_rope = sequence.split(
+            video_x, audio_x, video_freqs, audio_freqs, video_rope, audio_rope)
+        run = sequence.executor(run, video_dit, audio_dit, bridge)
+
     # 5. shared layers with the bridge, then the video-only layers
     shared = min(len(video_dit.blocks), len(audio_dit.blocks))
     for i in range(shared):
@@ -138,9 +162,15 @@ def joint_forward_with_grad(video_dit: VideoDiT, audio_dit: AudioDiT, bridge: Op
     for i in range(shared, len(video_dit.blocks)):
         video_x = run(video_dit.blocks[i], video_x, video_context, video_t_mod, video_freqs)
 
-    # 6. heads and unpatchify, predictions as float32
-    video_pred = video_dit.head_out(video_x, video_e, grid)
-    audio_pred = audio_dit.head_out(audio_x, audio_e, audio_grid)
+    # 6. heads and unpatchify, predictions as float32 (sharded: the per-token heads run on the shards and the
+    # narrow head outputs are gathered)
+    if sequence is None:
+        video_pred = video_dit.head_out(video_x, video_e, grid)
+        audio_pred = audio_dit.head_out(audio_x, audio_e, audio_grid)
+    else:
+        video_out, audio_out = sequence.gather(video_dit.head(video_x, video_e), audio_dit.head(audio_x, audio_e))
+        video_pred = video_dit.unpatchify(video_out, grid)
+        audio_pred = audio_dit.unpatchify(audio_out, audio_grid)
     return video_pred.float(), audio_pred.float()
 
 

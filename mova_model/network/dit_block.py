@@ -17,7 +17,8 @@ Precision conventions (what the official `MOVA.inference_single_step` does on GP
 from __future__ import annotations
 
 import logging
-from typing import Optional, Tuple
+from contextvars import ContextVar
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -66,6 +67,21 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int)
     return attend(q, k, v, num_heads)  # backend chosen per run (network/attention.py); SDPA by default
 
 
+SEQUENCE_ATTENTION: ContextVar[Optional[Callable[..., torch.Tensor]]] = ContextVar("mova_sequence_attention",
+                                                                                 default=None)
+"""Hook for attention over a whole stream (self-attention and bridge attention, not text cross-attention): when
+set, `sequence_attention` calls it instead of `attention`. `mova_model.parallel.ulysses` sets it while a block runs
+on a sequence shard, so the hook can exchange heads for tokens across ranks."""
+
+
+def sequence_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """`attention` over a stream's whole token sequence, or the `SEQUENCE_ATTENTION` hook when one is set.
+
+    Same shapes as `attention`; with the hook, q/k/v hold this rank's shard of the tokens."""
+    hook = SEQUENCE_ATTENTION.get()
+    return attention(q, k, v, num_heads) if hook is None else hook(q, k, v, num_heads)
+
+
 def compute_dtype_of(module: nn.Module) -> torch.dtype:
     """The dtype a module computes in: the storage dtype holding most of its weights (fp8 storage counts as bf16).
 
@@ -101,7 +117,7 @@ class SelfAttention(nn.Module):
     def forward(self, x: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
         q = apply_complex_rope(self.norm_q(self.q(x)), freqs, self.head_dim)
         k = apply_complex_rope(self.norm_k(self.k(x)), freqs, self.head_dim)
-        return self.o(attention(q, k, self.v(x), self.num_heads))
+        return self.o(sequence_attention(q, k, self.v(x), self.num_heads))
 
 
 class CrossAttention(nn.Module):

@@ -85,6 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="DiT dtype (default: float32 on CPU, bfloat16 elsewhere)")
+    from ..parallel.launch import add_parallel_arguments
+
+    add_parallel_arguments(parser)
     return parser
 
 
@@ -232,6 +235,10 @@ def generate_cli(argv: Optional[Sequence[str]] = None) -> int:
         args = parser.parse_args(list(argv or []))
     except SystemExit as exc:
         return int(exc.code or 0)
+    if args.parallel:
+        from ..parallel.launch import run_parallel_generate
+
+        return run_parallel_generate(args, request_from_args, open_pipeline, generate, write_outputs)
     try:
         request = request_from_args(args)
         pipeline = open_pipeline(args)

@@ -134,6 +134,12 @@ class MovaPipeline:
         self.interrupt_check: Optional[Callable[[], None]] = None
         """Called between chunks of long work (VAE encode/decode); raises to cancel. The ComfyUI node sets it to
         the host's interrupt check."""
+        self.parallel = None
+        """A `mova_model.parallel.ParallelContext` every `sample` call of this pipeline runs under (None: one
+        process); set by the torchrun launcher and the multi-GPU workers."""
+        self.remote = None
+        """A `mova_model.parallel.workers.WorkerPool` that runs every `sample` call of this pipeline in its worker
+        processes (set by the MOVA Multi-GPU node; None: sample here)."""
 
     @classmethod
     def from_pretrained(cls, folder: Path | str, device: torch.device | str = "cpu",
@@ -311,11 +317,21 @@ class MovaPipeline:
     def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
                guidance: Optional[GuidanceConfig] = None, noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                held: Held = None, callback: Optional[Callable[[StepInfo], None]] = None,
-               plan=None, step_cache: Optional[StepCacheConfig] = None) -> JointLatents:
+               plan=None, step_cache: Optional[StepCacheConfig] = None, parallel=None) -> JointLatents:
         """Denoise one clip. `noise` = (video, audio) initial noise to inject; else drawn from `seed` exactly as
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
         `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options.
-        `step_cache`: skip passes whose output barely changes (None: never). Speed options: `self.speed`."""
+        `step_cache`: skip passes whose output barely changes (None: never). Speed options: `self.speed`.
+        `parallel`: a `mova_model.parallel.ParallelContext` of this rank (CFG / sequence parallel); every rank
+        calls `sample` with the same arguments and gets the same latents. With `remote` set, the worker
+        pool samples and this process only relays the callback."""
+        parallel = parallel if parallel is not None else self.parallel
+        if (self.remote is not None or parallel is not None) and step_cache is not None and step_cache.enabled:
+            raise InputError("the step cache does not combine with multi-GPU sampling (each guidance branch runs on "
+                             "its own rank): disconnect the MOVA Step Cache or the MOVA Multi-GPU node")
+        if self.remote is not None and plan is None and parallel is None:
+            return self.remote.sample(self, conditioning, seed, steps, guidance or GuidanceConfig(), held, callback,
+                                      noise=noise)
         c = conditioning
         self.cache.verify_files()
         video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
@@ -344,11 +360,16 @@ class MovaPipeline:
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
             audio_noise=audio_noise.to(self.device), video_fps=c.video_fps)
         passes = len(required_branches(guidance or GuidanceConfig()))
+        if parallel is not None:
+            parallel.check(self.configs, required_branches(guidance or GuidanceConfig()))
         planned = plan is None and (self.device.type == "cuda" or self.memory.mode == "budget")
-        batch, why = choose_batch_guidance(
-            self.speed.batch_guidance, self.device, passes,
-            (lambda rows: self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps,
-                                           guidance_batch=rows)) if planned else None)
+        if parallel is None:
+            batch, why = choose_batch_guidance(
+                self.speed.batch_guidance, self.device, passes,
+                (lambda rows: self.memory_plan(c.width, c.height, c.num_frames, c.video_fps, passes, steps,
+                                               guidance_batch=rows)) if planned else None)
+        else:
+            batch, why = False, "off: each guidance branch runs on its own rank"
         if self.speed.batch_guidance != "off":
             logger.info("batched guidance: %s", why)
         if plan is None:
@@ -366,7 +387,7 @@ class MovaPipeline:
                 video, audio = run_sampler(speed.models(models), self.scheduler, inputs, steps,
                                            guidance or GuidanceConfig(), self.configs.boundary_timestep, held=held,
                                            callback=callback, stats=stats, step_cache=step_cache,
-                                           batch_guidance=batch)
+                                           batch_guidance=batch, parallel=parallel)
                 stats.compile_s = speed.timer.total_s
         finally:
             models.finish()
@@ -435,6 +456,8 @@ class MovaPipeline:
                              lora=self.lora.with_patch(patch), memory=self.memory, speed=self.speed)
         clone.free_vram_probe = self.free_vram_probe
         clone.interrupt_check = self.interrupt_check
+        clone.parallel = self.parallel
+        clone.remote = self.remote
         return clone
 
     def release_all(self) -> None:

@@ -31,9 +31,9 @@ from typing import Callable, Dict, List, Optional, Protocol, Sequence, Tuple, Un
 import torch
 from torch import nn
 
-from ..network.denoiser import BridgeScales
+from ..network.denoiser import BridgeScales, joint_forward
 from .branch_runner import JointModels, StepInputs, run_branches
-from .guidance import GuidanceConfig, combine, required_branches
+from .guidance import Branch, GuidanceConfig, combine, required_branches
 from .scheduler import FlowMatchPairScheduler
 from .step_cache import JointStepCache, StepCacheConfig
 
@@ -134,6 +134,19 @@ class SamplingInputs:
     video_fps: float
 
 
+class BranchRunner(Protocol):
+    """Runs a step's guidance branches somewhere else (implemented by `mova_model.parallel.context`).
+
+    run_branches(branches, forward, step) -> {branch: (video_pred, audio_pred)} for every branch, where
+    forward(branch) evaluates one branch here; sequence: passed to `joint_forward` (None: no sequence split).
+    """
+
+    sequence: Optional[object]
+
+    def run_branches(self, branches: Tuple[Branch, ...], forward: Callable[[Branch], Tuple[torch.Tensor, torch.Tensor]],
+                     step: int) -> Dict[Branch, Tuple[torch.Tensor, torch.Tensor]]: ...
+
+
 class DenoiserModels(Protocol):
     """Where the loop gets its modules; experts are materialized on first use, released on request."""
 
@@ -185,12 +198,18 @@ def sample(
     stats: Optional[SamplingStats] = None,
     step_cache: Optional[StepCacheConfig] = None,
     batch_guidance: bool = False,
+    parallel: Optional[BranchRunner] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Denoise from `inputs.video_noise` / `inputs.audio_noise`; return float32 (video `[1, z, T', H', W']`,
     audio `[1, C, L]`) latents. `callback(StepInfo)` runs after every step and may raise to cancel.
     `held`: one `HeldStream` or several (a whole-stream hold and/or one range hold per stream);
     step_cache: skip passes whose output barely changes (`step_cache.py`; None or threshold 0: never);
-    batch_guidance: run the guidance branches of a step as one batch (`branch_runner.py`)."""
+    batch_guidance: run the guidance branches of a step as one batch (`branch_runner.py`);
+    parallel: spreads the branches (and the token sequence) of every step over ranks; every rank returns the
+    same latents. It does not combine with the step cache or batched guidance (each rank runs its own branch)."""
+    if parallel is not None and ((step_cache is not None and step_cache.enabled) or batch_guidance):
+        raise ValueError("multi-GPU sampling runs each guidance branch on its own rank: turn off the step cache "
+                         "and batched guidance for it")
     if num_steps < 1:
         raise ValueError(f"steps must be at least 1, got {num_steps}")
     guidance.validate()
@@ -251,11 +270,27 @@ def sample(
         executor = models.executor(expert_name)
 
         video_input = torch.cat([video_in, inputs.condition.to(torch.float32)], dim=1)
-        step = StepInputs(video_input, audio_in, contexts, t_video_in, t_audio_in, inputs.video_fps, bridge_on, bridge_off)
-        decide = (audio_in if decide_modality == "audio" else video_in, decide_modality)
-        video_preds, audio_preds, skipped = run_branches(
-            JointModels(expert, audio_dit, bridge, executor), step, branches, batch=batch_guidance,
-            cache=cache, index=index, decide=decide)
+        if parallel is None:
+            step = StepInputs(video_input, audio_in, contexts, t_video_in, t_audio_in, inputs.video_fps, bridge_on,
+                              bridge_off)
+            decide = (audio_in if decide_modality == "audio" else video_in, decide_modality)
+            video_preds, audio_preds, skipped = run_branches(
+                JointModels(expert, audio_dit, bridge, executor), step, branches, batch=batch_guidance,
+                cache=cache, index=index, decide=decide)
+        else:
+            def forward(branch: Branch) -> Tuple[torch.Tensor, torch.Tensor]:
+                v_pred, a_pred = joint_forward(
+                    expert, audio_dit, bridge, video_input, audio_in, contexts[branch.text],
+                    t_video_in, t_audio_in, inputs.video_fps,
+                    scales=bridge_on if branch.bridge else bridge_off, executor=executor,
+                    sequence=parallel.sequence,
+                )
+                return v_pred.float(), a_pred.float()
+
+            preds = parallel.run_branches(branches, forward, index)
+            video_preds = {b: preds[b][0] for b in branches}
+            audio_preds = {b: preds[b][1] for b in branches}
+            skipped = 0
         video_velocity = combine(video_preds, *video_scales)
         audio_velocity = combine(audio_preds, *audio_scales)
 

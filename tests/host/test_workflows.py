@@ -29,6 +29,8 @@ SCHEMAS = {
     "MovaGuidance": ({"preset": "COMBO", "text_scale": "FLOAT", "bridge_scale": "FLOAT"},
                      {"video_text_scale": "FLOAT", "audio_text_scale": "FLOAT", "a2v_strength": "FLOAT",
                       "v2a_strength": "FLOAT"}, ["MOVA_GUIDANCE", "STRING"]),
+    "MovaMultiGPU": ({"model": "MOVA_MODEL", "devices": "STRING", "split": "COMBO"}, {"timeout_s": "FLOAT"},
+                     ["MOVA_MODEL"]),
     "MovaLoraLoader": ({"model": "MOVA_MODEL", "lora_name": "COMBO", "strength": "FLOAT"},
                        {"video_strength": "FLOAT", "audio_strength": "FLOAT", "bridge_strength": "FLOAT"},
                        ["MOVA_MODEL"]),

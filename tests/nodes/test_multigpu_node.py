@@ -1,0 +1,35 @@
+"""MOVA Multi-GPU in-process: what it refuses at the node, and the model it hands on (a view with the worker
+pool as `remote`; the input model untouched). Runs with workers are in tests/host/test_multigpu.py."""
+import pytest
+
+
+@pytest.fixture(scope="module")
+def handle(node_module, tmp_path_factory):
+    import importlib
+
+    from mova_model.checkpoint.tiny import write_tiny_checkpoint
+
+    node_module("types")
+    MovaPipeline = importlib.import_module("comfyui_mova.mova_model.sampling.pipeline").MovaPipeline
+    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_mova") / "MOVA-tiny")
+    return node_module("types").MovaModelHandle(MovaPipeline.from_pretrained(folder), "tiny")
+
+
+@pytest.mark.parametrize("devices, split, message", [
+    ("cpu", "cfg", "at least 2 devices"),
+    ("cpu, cpu", "ulysses", "Ulysses degree 2 does not divide .* allowed degrees: 1"),
+    ("cpu,cpu,cpu", "cfg+ulysses", "multiple of 2"),
+    ("cpu,tpu:0", "cfg", "not a torch device|only cuda:N and cpu"),
+])
+def test_bad_settings_are_refused_at_the_node(node_module, handle, devices, split, message):
+    node = node_module("multigpu").MovaMultiGPU
+    with pytest.raises(ValueError, match=message) as err:
+        node.execute(handle, devices, split, 30.0)
+    assert str(err.value).startswith("MOVA Multi-GPU: ")
+
+
+def test_the_output_model_samples_remotely_and_the_input_is_untouched(node_module, handle):
+    out = node_module("multigpu").MovaMultiGPU.execute(handle, "cpu,cpu", "cfg", 30.0).result[0]
+    pool = out.pipeline.remote
+    assert type(pool).__name__ == "WorkerPool" and pool.spec.devices == ("cpu", "cpu") and not pool.running
+    assert handle.pipeline.remote is None and out.pipeline.cache is handle.pipeline.cache
