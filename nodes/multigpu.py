@@ -15,6 +15,7 @@ from comfy_api.latest import io
 from ..mova_model.parallel.layout import SPLITS, ParallelError, ParallelLayout, check_layout
 from ..mova_model.parallel.workers import WorkerPool, WorkerSpec
 from .types import MovaModel, handle_of
+from .combos import check_combos
 
 
 def parse_devices(text: str) -> tuple:
@@ -47,6 +48,7 @@ class MovaMultiGPU(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, devices: str, split: str, timeout_s: float = 600.0) -> io.NodeOutput:
+        check_combos(cls, split=split)
         handle = handle_of(model)
         try:
             spec = WorkerSpec(devices=parse_devices(devices), split=split, timeout_s=float(timeout_s))

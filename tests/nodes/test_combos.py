@@ -49,7 +49,7 @@ def test_the_nodes_have_the_expected_combos(node_module):
         ("MovaLoader", "checkpoint"), ("MovaLoader", "dtype"), ("MovaLoader", "device"),
         ("MovaLoader", "memory_mode"), ("MovaLoader", "weights"), ("MovaLoader", "attention"),
         ("MovaLoader", "batch_guidance"), ("MovaLoraLoader", "lora_name"),
-        ("MovaGuidance", "preset"), ("MovaAudioDriver", "mode"), ("MovaVideoDriver", "mode"), ("MovaExtend", "hold_mode"),
+        ("MovaGuidance", "preset"), ("MovaAudioDriver", "mode"), ("MovaVideoDriver", "mode"), ("MovaExtend", "hold_mode"), ("MovaMultiGPU", "split"),
         ("MovaTrainLora", "targets"), ("MovaTrainLora", "experts"), ("MovaTrainLora", "weights"),
         ("MovaPromptEnhancer", "backend"), ("MovaPromptEnhancer", "local_model"), ("MovaPromptEnhancer", "on_failure"),
     }  # fmt: skip
