@@ -141,8 +141,18 @@ def run_lora_training_step(ctx: CaseContext) -> Report:
     expected_lr = (args.get("optimizer") or {}).get("lr_of_this_step")
     if expected_lr is not None and abs(lr - float(expected_lr)) > 1e-15:
         ctx.report.failures.append(f"learning rate of the first step {lr} != {expected_lr}")
-    norm = clip_and_step(optimizer, schedule, params, settings.clip_norm)
-    ctx.compare("grad_norm", torch.tensor([norm], dtype=torch.float32))
+    grads = [param.grad for param in params if param.grad is not None]
+    own_norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))
+    ctx.compare("grad_norm", own_norm.reshape(1).to(torch.float32))
+    # Stage by stage: the optimizer step starts from the official gradients. AdamW's first update is
+    # lr * g / (|g| + eps) per element, so where |g| is near eps (1e-8) it multiplies a gradient's last-bit
+    # difference by about lr / eps; under ATen's scalar kernels (ATEN_CPU_CAPABILITY=default) our gradients
+    # differ from the recorded ones in those bits (relative L2 ~1e-7, checked above) and such elements moved
+    # by up to 1.9e-8. With the official gradients the step is checked on its own, at the fixture's tolerance.
+    for name, param in lora.named_lora_parameters():
+        if f"grad.{name}" in ctx.outputs:
+            param.grad = ctx.outputs[f"grad.{name}"].to(device=param.device, dtype=param.dtype).clone()
+    clip_and_step(optimizer, schedule, params, settings.clip_norm)
     after: Dict[str, torch.Tensor] = dict(lora.named_lora_parameters())
     for name, old in before.items():
         key = f"update.{name}"
