@@ -17,9 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence
@@ -27,6 +25,7 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from ..atomic_write import atomic_write
 from .guidance import GuidanceConfig
 from .pipeline import OFFICIAL_NEGATIVE_PROMPT, InputError, JointLatents, MovaPipeline, validate_geometry
 
@@ -181,26 +180,11 @@ def save_latents(path: Path, latents: JointLatents) -> Path:
             "sample_rate": str(latents.sample_rate), "segments": json.dumps(list(latents_segments(latents)))}
     tensors = {"video": latents.video.detach().float().cpu().contiguous(),
                "audio": latents.audio.detach().float().cpu().contiguous()}
-    return _atomic(path, lambda temp: save_file(tensors, temp, metadata=meta))
+    return atomic_write(path, lambda temp: save_file(tensors, temp, metadata=meta))
 
 
 def latents_segments(latents: JointLatents) -> list:
     return [seam.to_dict() for seam in latents.segments]
-
-
-def _atomic(path: Path, write: Callable[[str], None]) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=".partial" + path.suffix, dir=str(path.parent))
-    os.close(handle)
-    try:
-        write(temp)
-        os.replace(temp, path)
-    except BaseException:
-        if os.path.exists(temp):
-            os.unlink(temp)
-        raise
-    return path
 
 
 def write_outputs(pipeline: MovaPipeline, latents: JointLatents, request: GenerateRequest) -> Path:

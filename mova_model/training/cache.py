@@ -12,14 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..atomic_write import atomic_write
 from ..checkpoint.folder import MovaCheckpoint
 from .dataset import ClipGeometry, ClipSource, DatasetError, DatasetScan, file_digest, load_clip
 from .step import EncodedClip
@@ -60,18 +59,8 @@ def clip_key(content_digest: str, caption: str, geometry: ClipGeometry, fingerpr
 
 def atomic_save_file(tensors: Dict[str, torch.Tensor], path: Path, metadata: Optional[Dict[str, str]] = None) -> Path:
     """`safetensors.save_file` into a temporary file beside `path`, then rename over it."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    contiguous = {k: v.contiguous() for k, v in tensors.items()}
+    return atomic_write(path, lambda temp: save_file(contiguous, temp, metadata=metadata))
 
 
 def _store(clip: EncodedClip, path: Path) -> None:

@@ -11,8 +11,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict
@@ -21,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from ..atomic_write import atomic_write
 from .cache import atomic_save_file
 from .trainable_lora import TrainableLora
 
@@ -49,15 +48,7 @@ def save_lora(lora: TrainableLora, path: Path | str, metadata: Dict[str, object]
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=str(path.parent))
-    os.close(fd)
-    try:
-        torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda temp: torch.save(obj, temp))
 
 
 def state_path_for(lora_path: Path | str) -> Path:
