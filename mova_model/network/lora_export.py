@@ -72,6 +72,11 @@ def official_weights(weights: LoraWeights) -> LoraWeights:
     if count:
         raise LoraError(f"{weights.source}: {count} full-size deltas (.diff / .diff_b) do not fit the official MOVA format, "
                         "which holds LoRA pairs only; convert to comfy instead")
+    conv = [f"{c}.{p}" for c, layers in weights.pairs.items() for p, (down, up) in layers.items()
+            if down.dim() != 2 or up.dim() != 2]
+    if conv:
+        raise LoraError(f"{weights.source}: LoRA pairs on convolutions ({', '.join(conv[:3])}) do not fit the official "
+                        "MOVA format, which holds Linear pairs only; convert to comfy instead")
     scales = {weights.layer_scale(c, p) for c, layers in weights.pairs.items() for p in layers}
     if not weights.scales:
         return LoraWeights(pairs=weights.pairs, rank=weights.rank, alpha=weights.alpha, source=weights.source,

@@ -297,6 +297,10 @@ def _resolve_target(result: Resolved, target: str, roles: Dict[str, str], shapes
         key = roles.get(role)
         if key is None:
             continue
+        if role == "diff" and down_key and up_key:
+            problems.append((key, f"{target} has both a LoRA pair and a .diff for its weight (ComfyUI would apply "
+                                  "only the .diff)"))
+            continue
         reason = next((r for r in (_delta_problem(i, target, role, tuple(shapes[key])) for i in indexes) if r), None)
         if reason:
             problems.append((key, reason))
