@@ -158,17 +158,12 @@ component of an official file is not checked here (it still is when the patch is
 def _read_safetensors(path: Path) -> Tuple[Dict[str, Tuple[int, ...]], Dict[str, str], Callable[[str], torch.Tensor]]:
     """(key -> shape from the header, metadata, a reader of one tensor); tensors are read memory-mapped, on demand."""
     try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = dict(handle.metadata() or {})
-            shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
+        handle = safe_open(str(path), framework="pt")  # one memory map for every tensor read; closed when dropped
+        metadata = dict(handle.metadata() or {})
+        shapes = {key: tuple(handle.get_slice(key).get_shape()) for key in handle.keys()}
     except Exception as exc:
         raise LoraError(f"{path}: not a readable safetensors file ({exc})") from exc
-
-    def read(key: str) -> torch.Tensor:
-        with safe_open(str(path), framework="pt") as handle:
-            return handle.get_tensor(key)
-
-    return shapes, metadata, read
+    return shapes, metadata, handle.get_tensor
 
 
 def _is_official(keys: Iterable[str], source: str) -> bool:

@@ -16,6 +16,7 @@ low-noise expert is only built at the expert switch and the high-noise expert is
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -446,10 +447,16 @@ class MovaPipeline:
 
     # -- patches --------------------------------------------------------------------------------------
     def lora_module(self, component: str) -> nn.Module:
-        """`component` built on the meta device (names and shapes, no weight read): what LoRAs are checked against."""
+        """`component` built on the meta device (names and shapes, no weight read): what LoRAs are checked against.
+        Kept per config and shared with this pipeline's LoRA copies (a real-size expert takes ~1 s to build)."""
         if component not in DIT_COMPONENTS:
             raise InputError(f"LoRA component {component!r} is not one of {', '.join(DIT_COMPONENTS)}")
-        return build_meta_module(component, self.checkpoint.config(component))
+        config = self.checkpoint.config(component)
+        key = (component, json.dumps(config.to_dict(), sort_keys=True, default=str))
+        built = self.__dict__.setdefault("_lora_meta", {})
+        if key not in built:
+            built[key] = build_meta_module(component, config)
+        return built[key]
 
     def load_lora(self, path, expert: str = "both", allow_partial: bool = False) -> LoraWeights:
         """Read a LoRA file in any supported format, mapped onto this model (see `network.lora.load_lora`)."""
@@ -462,6 +469,7 @@ class MovaPipeline:
             single.check(component, self.lora_module(component))
         clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
                              lora=self.lora.with_patch(patch), memory=self.memory, speed=self.speed)
+        clone._lora_meta = self.__dict__.setdefault("_lora_meta", {})
         clone.free_vram_probe = self.free_vram_probe
         clone.interrupt_check = self.interrupt_check
         clone.parallel = self.parallel
