@@ -32,13 +32,16 @@ class MovaLoraLoader(io.ComfyNode):
             node_id="MovaLoraLoader",
             display_name="MOVA LoRA Loader",
             category="MOVA/loaders",
-            description="Applies a MOVA LoRA (official lora_weights.pt + lora_config.pt, or .safetensors) at a strength. "
-                        "Returns a patched copy of the model; the input model is untouched. Chain several to stack.",
+            description="Applies a MOVA LoRA (official lora_weights.pt + lora_config.pt, or .safetensors) or a Wan LoRA "
+                        "(ComfyUI native, kohya/musubi, diffusers/peft .safetensors) at a strength, a Wan LoRA on the "
+                        "expert(s) you choose. Returns a patched copy of the model; the input model is untouched. "
+                        "Chain several to stack. The report output says what was applied and what was left out.",
             inputs=[
                 MovaModel.Input("model"),
                 io.Combo.Input("lora_name", options=lora_files(), tooltip="A file in models/loras."),
                 io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
-                               tooltip="Multiplies alpha/rank (the official lora_scale)."),
+                               tooltip="Multiplies alpha/rank (the official lora_scale; 1 per layer for Wan files "
+                                       "without .alpha) and every .diff delta."),
                 io.Float.Input("video_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
                                tooltip="Extra factor for both video experts."),
                 io.Float.Input("audio_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
