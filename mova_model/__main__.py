@@ -9,7 +9,10 @@
   --fps F --steps S --seed N [--overlap K] --out FILE.mp4 [--save-latents FILE.safetensors]`: one segment per
   prompt, joined with K overlapping frames; the last stdout line is the mp4 path.
   Several GPUs: `torchrun --nproc-per-node N -m mova_model generate ... --parallel cfg|ulysses|cfg+ulysses`.
+  LoRAs: `--lora PATH[,strength=S][,expert=high|low|both][,allow_partial=1]`, repeatable (stacked in order).
 - `train CHECKPOINT DATASET --out FILE.safetensors [...]`: train a LoRA (see `mova_model.training.cli`).
+- `lora-convert IN OUT --to comfy|official [--expert high|low|both] [--checkpoint DIR] [--video-only]`: rewrite a
+  LoRA in ComfyUI's native Wan naming (one file per video expert) or the official MOVA format.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import logging
 import sys
 from typing import List, Optional
 
-COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint", "generate", "train")
+COMMANDS = ("describe", "plan", "quantize", "tiny-checkpoint", "generate", "train", "lora-convert")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -46,6 +49,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     if command == "train":
         from .training.cli import train_cli
         return train_cli(rest)
+    if command == "lora-convert":
+        from .network.lora_export import lora_convert_cli
+        return lora_convert_cli(rest)
     from .checkpoint.tiny import tiny_checkpoint_cli
     return tiny_checkpoint_cli(rest)
 

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from .attention import attend
-from .ops import FP8_DTYPE, Operations
+from .ops import FP8_DTYPE, Operations, WeightDelta, add_deltas
 from .rope import apply_complex_rope
 
 logger = logging.getLogger(__name__)
@@ -143,7 +143,19 @@ class CrossAttention(nn.Module):
         return self.o(attention(q, k, self.v(context), self.num_heads))
 
 
-class DiTBlock(nn.Module):
+class Modulated(nn.Module):
+    """A module owning an adaLN `modulation` table; LoRA deltas on it (`<path>.modulation.diff`) are attached
+    as `deltas` while a pipeline samples and added to the table at forward."""
+
+    modulation: nn.Parameter
+    deltas: Tuple[WeightDelta, ...] = ()
+
+    def _modulation(self, like: torch.Tensor) -> torch.Tensor:
+        table = self.modulation.to(dtype=like.dtype, device=like.device)
+        return add_deltas(table, self.deltas, "modulation") if self.deltas else table
+
+
+class DiTBlock(Modulated):
     """One adaLN transformer block of either tower (official `DiTBlock`).
 
     With LN = LayerNorm without affine and (shift1, scale1, gate1, shift2, scale2, gate2) = modulation + t_mod:
@@ -166,7 +178,7 @@ class DiTBlock(nn.Module):
         self.modulation = ops.Parameter(1, 6, dim)
 
     def forward(self, x: torch.Tensor, context: torch.Tensor, t_mod: torch.Tensor, freqs: torch.Tensor) -> torch.Tensor:
-        table = self.modulation.to(dtype=t_mod.dtype, device=t_mod.device) + t_mod
+        table = self._modulation(t_mod) + t_mod
         shift1, scale1, gate1, shift2, scale2, gate2 = table.chunk(6, dim=1)
         x = x + gate1 * self.self_attn(modulate(self.norm1(x), shift1, scale1), freqs)
         x = x + self.cross_attn(self.norm3(x), context)
@@ -174,7 +186,7 @@ class DiTBlock(nn.Module):
         return x
 
 
-class OutputHead(nn.Module):
+class OutputHead(Modulated):
     """Final adaLN + projection (official `Head`): `head(LN(x) * (1 + scale) + shift)`, (shift, scale) = modulation + e.
 
     Uses the time embedding e [B, dim] (not the 6-way projection). The official video head only broadcasts
@@ -189,7 +201,7 @@ class OutputHead(nn.Module):
         self.modulation = ops.Parameter(1, 2, dim)
 
     def forward(self, x: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        table = self.modulation.to(dtype=e.dtype, device=e.device) + e.unsqueeze(1)
+        table = self._modulation(e) + e.unsqueeze(1)
         shift, scale = table.chunk(2, dim=1)
         return self.head(self.norm(x) * (1 + scale) + shift)
 

@@ -10,8 +10,10 @@ three decisions outside the model code (the idea of ComfyUI's `comfy/ops.py`):
    (`cast_weight`), dequantizing fp8 on the way. The model decides the compute dtype by the dtype of the
    activations it feeds in.
 3. **Patches.** LoRA adapters are attached to layers (`CastLinear.adapters`) and added as a separate low-rank
-   term at forward, the way the official trainer's `LoRALinear` does (`W x + b + B(A x)·scaling`); the base
-   weight is never rewritten.
+   term at forward, the way the official trainer's `LoRALinear` does (`W x + b + B(A x)·scaling`); full-size
+   deltas (ComfyUI's `.diff` / `.diff_b`, a low-rank pair on a convolution) are attached as `deltas` and added
+   to the cast parameter at forward (`W + ΔW·scale`, ComfyUI's merge, done lazily). The base weight is never
+   rewritten.
 
 Block streaming (moving whole blocks to the device ahead of use) lives in `mova_model.memory.streaming` and
 works on the parameters of these layers; nothing here depends on it.
@@ -44,6 +46,37 @@ class LoraAdapter:
     scale: float
 
 
+@dataclass
+class WeightDelta:
+    """A delta added to one parameter of a layer at forward: `param + delta · scale` (ComfyUI's merged patch).
+
+    name: the parameter ("weight", "bias", "modulation"). Without `down`, delta = `tensor` (same shape as the
+    parameter: a ComfyUI `.diff` / `.diff_b`). With `down`, delta = `(tensor.flatten(1) @ down.flatten(1))`
+    reshaped to the parameter (a low-rank pair on a convolution: tensor = up [out, rank, 1, ...], down
+    [rank, in, *kernel]), computed in the compute dtype as ComfyUI computes its LoRA diff.
+    """
+
+    name: str
+    tensor: torch.Tensor
+    scale: float
+    down: Optional[torch.Tensor] = None
+
+    def value(self, like: torch.Tensor) -> torch.Tensor:
+        delta = self.tensor.to(device=like.device, dtype=like.dtype)
+        if self.down is not None:
+            down = self.down.to(device=like.device, dtype=like.dtype)
+            delta = torch.mm(delta.flatten(1), down.flatten(1)).reshape(like.shape)
+        return delta * self.scale
+
+
+def add_deltas(tensor: Optional[torch.Tensor], deltas: Tuple[WeightDelta, ...], name: str) -> Optional[torch.Tensor]:
+    """`tensor` (a parameter already cast to the compute dtype/device) plus the attached deltas named `name`."""
+    for delta in deltas:
+        if delta.name == name and tensor is not None:
+            tensor = tensor + delta.value(tensor)
+    return tensor
+
+
 def cast_tensor(tensor: Optional[torch.Tensor], dtype: torch.dtype, device: torch.device,
                 scale: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
     """Return `tensor` as `dtype` on `device`; an fp8 tensor is dequantized as `tensor.to(dtype) · scale`.
@@ -61,15 +94,19 @@ def cast_tensor(tensor: Optional[torch.Tensor], dtype: torch.dtype, device: torc
 
 
 class CastMixin:
-    """Casts the layer's parameters to the input's dtype/device at forward (fp8 aware)."""
+    """Casts the layer's parameters to the input's dtype/device at forward (fp8 aware), plus attached deltas."""
 
     weight: torch.Tensor
     bias: Optional[torch.Tensor]
+    deltas: Tuple[WeightDelta, ...] = ()
+    """Attached by `mova_model.network.lora.LoraPatchSet` while a pipeline samples; empty otherwise."""
 
     def cast_weight(self, like: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         scale = getattr(self, "weight_scale", None)
         weight = cast_tensor(self.weight, like.dtype, like.device, scale)
         bias = cast_tensor(getattr(self, "bias", None), like.dtype, like.device)
+        if self.deltas:
+            weight, bias = add_deltas(weight, self.deltas, "weight"), add_deltas(bias, self.deltas, "bias")
         return weight, bias  # type: ignore[return-value]
 
 
@@ -82,7 +119,7 @@ class CastLinear(CastMixin, nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = None
-        if self.weight.dtype == FP8_DTYPE and fp8_matmul_active():
+        if self.weight.dtype == FP8_DTYPE and fp8_matmul_active() and not self.deltas:
             out = scaled_linear(x, self.weight, getattr(self, "weight_scale", None), self.bias)
         if out is None:
             weight, bias = self.cast_weight(x)
@@ -125,6 +162,8 @@ class CastRMSNorm(CastMixin, nn.RMSNorm):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         weight = None if self.weight is None else cast_tensor(self.weight, x.dtype, x.device)
+        if self.deltas:
+            weight = add_deltas(weight, self.deltas, "weight")
         return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 

@@ -52,6 +52,7 @@ class GenerateRequest:
     last_image: Optional[np.ndarray] = None
     save_latents: Optional[Path] = None
     notes: List[str] = field(default_factory=list)
+    loras: List["LoraSpec"] = field(default_factory=list)
 
     @property
     def total_frames(self) -> int:
@@ -84,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="DiT dtype (default: float32 on CPU, bfloat16 elsewhere)")
+    parser.add_argument("--lora", action="append", default=[], metavar="PATH[,strength=S][,expert=high|low|both]",
+                        help="apply a LoRA (any supported format; repeatable, stacked in order). expert: which video "
+                             "expert a Wan LoRA goes to (high = video_dit, low = video_dit_2, default both); "
+                             "allow_partial=1 loads the keys that match and lists the rest")
     from ..parallel.launch import add_parallel_arguments
 
     add_parallel_arguments(parser)
@@ -101,6 +106,41 @@ def read_image(path: Path, what: str) -> np.ndarray:
             return np.asarray(image.convert("RGB"), dtype=np.uint8).copy()
     except (UnidentifiedImageError, OSError) as exc:
         raise InputError(f"{what}: {str(path)!r} is not a readable image ({exc})") from None
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """One `--lora PATH[,strength=S][,expert=high|low|both][,allow_partial=1]`."""
+
+    path: Path
+    strength: float = 1.0
+    expert: str = "both"
+    allow_partial: bool = False
+
+
+def parse_lora(text: str) -> LoraSpec:
+    """`PATH[,strength=S][,expert=high|low|both][,allow_partial=1]` -> `LoraSpec` (the file must exist)."""
+    from ..network.lora import EXPERTS
+
+    path, *options = text.split(",")
+    values = {"strength": "1.0", "expert": "both", "allow_partial": "0"}
+    for option in options:
+        name, sep, value = option.partition("=")
+        if not sep or name.strip() not in values:
+            raise InputError(f"--lora {text!r}: options are strength=S, expert=high|low|both, allow_partial=0|1 "
+                             f"(comma-separated after the path), not {option!r}")
+        values[name.strip()] = value.strip()
+    try:
+        strength = float(values["strength"])
+    except ValueError:
+        raise InputError(f"--lora {text!r}: strength must be a number, got {values['strength']!r}") from None
+    if values["expert"] not in EXPERTS:
+        raise InputError(f"--lora {text!r}: expert must be one of {', '.join(EXPERTS)}, got {values['expert']!r}")
+    if values["allow_partial"] not in ("0", "1", "true", "false"):
+        raise InputError(f"--lora {text!r}: allow_partial must be 0 or 1, got {values['allow_partial']!r}")
+    if not Path(path).exists():
+        raise InputError(f"--lora: {path!r} does not exist")
+    return LoraSpec(Path(path), strength, values["expert"], values["allow_partial"] in ("1", "true"))
 
 
 def parse_size(text: str) -> tuple:
@@ -135,10 +175,11 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
         raise InputError("--overlap needs two or more --prompt (one segment per prompt)")
     image = read_image(args.image, "--image") if args.image else None
     last_image = read_image(args.last_image, "--last-image") if args.last_image else None
+    loras = [parse_lora(text) for text in getattr(args, "lora", None) or []]
     return GenerateRequest(prompts=prompts, width=width, height=height, frames=int(args.frames), fps=float(args.fps),
                            steps=int(args.steps), seed=int(args.seed), out=out, overlap=int(args.overlap),
                            cfg=float(args.cfg), negative_prompt=args.negative_prompt, hold_mode=args.hold_mode,
-                           image=image, last_image=last_image, save_latents=args.save_latents)
+                           image=image, last_image=last_image, save_latents=args.save_latents, loras=loras)
 
 
 def generate(pipeline: MovaPipeline, request: GenerateRequest,
@@ -207,7 +248,25 @@ def open_pipeline(args: argparse.Namespace) -> MovaPipeline:
         dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
     else:
         dtype = getattr(torch, args.dtype)
-    return MovaPipeline.from_pretrained(args.checkpoint, device=device, dtype=dtype)
+    pipeline = MovaPipeline.from_pretrained(args.checkpoint, device=device, dtype=dtype)
+    return with_loras(pipeline, [parse_lora(text) for text in getattr(args, "lora", None) or []])
+
+
+def with_loras(pipeline: MovaPipeline, specs: Sequence[LoraSpec]) -> MovaPipeline:
+    """`pipeline` with each `--lora` stacked in order (names and shapes checked, no weight read); a file that does
+    not fit is an `InputError` naming it."""
+    from ..network.lora import LoraError, LoraPatch
+
+    for spec in specs:
+        try:
+            weights = pipeline.load_lora(spec.path, expert=spec.expert, allow_partial=spec.allow_partial)
+            pipeline = pipeline.with_lora(LoraPatch(weights, spec.strength))
+        except LoraError as exc:
+            raise InputError(f"--lora: {exc}") from None
+        logger.info("LoRA %s x%g (expert %s): %s", spec.path, spec.strength, spec.expert, weights.summary())
+        for key, reason in weights.skipped:
+            logger.warning("LoRA %s: skipped %s: %s", spec.path, key, reason)
+    return pipeline
 
 
 def generate_cli(argv: Optional[Sequence[str]] = None) -> int:

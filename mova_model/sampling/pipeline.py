@@ -16,6 +16,7 @@ low-noise expert is only built at the expert switch and the high-noise expert is
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,12 +24,13 @@ from typing import Callable, Dict, Optional, Tuple
 
 import numpy as np
 import torch
+from torch import nn
 
 from ..checkpoint.folder import MovaCheckpoint, build_meta_module
 from .conditioning import keyframe_condition
 from .guidance import GuidanceConfig, required_branches
 from ..media.image_preprocess import crop_and_resize, to_model_range, white_frame
-from ..network.lora import LoraPatch, LoraPatchSet
+from ..network.lora import LoraPatch, LoraPatchSet, LoraWeights, load_lora
 from ..memory.model_store import ComponentCache, MemoryOptions, SamplingModels
 from .sampler import Held, HeldStream, SamplingInputs, SamplingStats, StepInfo, held_list, sample as run_sampler, seeded_noise
 from .scheduler import FlowMatchPairScheduler
@@ -444,16 +446,30 @@ class MovaPipeline:
             return vae.normalize(vae.encode_mode(frames.to(self.device))).float()
 
     # -- patches --------------------------------------------------------------------------------------
+    def lora_module(self, component: str) -> nn.Module:
+        """`component` built on the meta device (names and shapes, no weight read): what LoRAs are checked against.
+        Kept per config and shared with this pipeline's LoRA copies (a real-size expert takes ~1 s to build)."""
+        if component not in DIT_COMPONENTS:
+            raise InputError(f"LoRA component {component!r} is not one of {', '.join(DIT_COMPONENTS)}")
+        config = self.checkpoint.config(component)
+        key = (component, json.dumps(config.to_dict(), sort_keys=True, default=str))
+        built = self.__dict__.setdefault("_lora_meta", {})
+        if key not in built:
+            built[key] = build_meta_module(component, config)
+        return built[key]
+
+    def load_lora(self, path, expert: str = "both", allow_partial: bool = False) -> LoraWeights:
+        """Read a LoRA file in any supported format, mapped onto this model (see `network.lora.load_lora`)."""
+        return load_lora(path, modules=self.lora_module, expert=expert, allow_partial=allow_partial)
+
     def with_lora(self, patch: LoraPatch) -> "MovaPipeline":
         """A new pipeline sharing this one's modules, with `patch` stacked on its LoRA set; `self` is unchanged."""
         single = LoraPatchSet((patch,))
-        for component in patch.weights.pairs:
-            if component not in DIT_COMPONENTS:
-                raise InputError(f"LoRA component {component!r} is not one of {', '.join(DIT_COMPONENTS)}")
-            # Checked against the module built on the meta device: names and shapes, no weight read.
-            single.check(component, build_meta_module(component, self.checkpoint.config(component)))
+        for component in patch.weights.components():
+            single.check(component, self.lora_module(component))
         clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
                              lora=self.lora.with_patch(patch), memory=self.memory, speed=self.speed)
+        clone._lora_meta = self.__dict__.setdefault("_lora_meta", {})
         clone.free_vram_probe = self.free_vram_probe
         clone.interrupt_check = self.interrupt_check
         clone.parallel = self.parallel

@@ -1,7 +1,8 @@
 """`python -m mova_model train CHECKPOINT DATASET --out FILE.safetensors [...]`: train a MOVA LoRA.
 
 Prints a progress bar with the loss on stderr and, as the last line on stdout,
-`trained: steps=N val_loss_before=X val_loss_after=Y lora=PATH`. Bad input: one line naming the problem on
+`trained: steps=N val_loss_before=X val_loss_after=Y lora=PATH` (after one `exported: PATH` line per
+ComfyUI-native expert file with `--export-format comfy`). Bad input: one line naming the problem on
 stderr, exit status 2, nothing written.
 """
 
@@ -60,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--strict", action="store_true", help="a bad clip is an error instead of being skipped")
     p.add_argument("--official-pair", action="store_true", help="also write lora_weights.pt + lora_config.pt")
+    p.add_argument("--export-format", default="mova", choices=("mova", "comfy"),
+                   help="comfy: also write each trained video expert in ComfyUI's native Wan naming beside --out "
+                        "(<stem>_high_noise.safetensors / <stem>_low_noise.safetensors)")
     return p
 
 
@@ -74,7 +78,8 @@ def train_cli(argv: Optional[List[str]] = None) -> int:
         timestep_sampling=args.timestep_sampling, caption_dropout=args.caption_dropout,
         save_every=args.save_every, val_every=args.val_every, val_items=args.val_items, weights=args.weights,
         gradient_checkpointing=not args.no_gradient_checkpointing, vram_budget_gb=args.vram_budget,
-        device=args.device, strict_dataset=args.strict, official_pair=args.official_pair)
+        device=args.device, strict_dataset=args.strict, official_pair=args.official_pair,
+        export_format=args.export_format)
     cache_dir = None if args.no_cache else (args.cache_dir or f"{args.dataset.rstrip('/')}/.mova_cache")
     bar = _ProgressBar(args.steps)
     trainer = LoraTrainer(args.checkpoint, args.dataset, args.out, settings, cache_dir=cache_dir,
@@ -88,6 +93,8 @@ def train_cli(argv: Optional[List[str]] = None) -> int:
     bar.close()
     for name, reason in result.skipped:
         sys.stderr.write(f"skipped {name}: {reason}\n")
+    for path in result.exported:
+        sys.stdout.write(f"exported: {path}\n")
     sys.stdout.write(f"trained: steps={result.steps} val_loss_before={result.val_loss_before:.6g} "
                      f"val_loss_after={result.val_loss_after:.6g} lora={result.lora_path}\n")
     return 0

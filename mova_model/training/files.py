@@ -4,6 +4,8 @@
   and metadata (rank, alpha, targets, experts, steps, dataset size, base checkpoint, settings) that
   `mova_model.network.lora.load_lora` reads unchanged; optionally also the official pair
   `lora_weights.pt` + `lora_config.pt` (`torch.save` of plain dicts) for users of the official code;
+- with `export_format="comfy"`, also each trained video expert in ComfyUI's native Wan naming
+  (`<stem>_high_noise.safetensors`, `<stem>_low_noise.safetensors`, same metadata) for other Wan tools;
 - the training state for `--resume`: LoRA weights, AdamW moments, schedule, step and random-number state in
   one safetensors file (`<lora>.state.safetensors`); nothing is pickled.
 """
@@ -24,6 +26,8 @@ from .cache import atomic_save_file
 from .trainable_lora import TrainableLora
 
 LORA_FORMAT = "mova-lora"
+EXPORT_FORMATS = ("mova", "comfy")
+"""`mova`: the MOVA file only; `comfy`: also the video experts in ComfyUI-native naming beside it."""
 STATE_FORMAT = "mova-lora-train-state"
 
 
@@ -31,13 +35,20 @@ class TrainStateError(ValueError):
     """A resume file that does not fit this run; the message says which setting differs."""
 
 
-def save_lora(lora: TrainableLora, path: Path | str, metadata: Dict[str, object], official_pair: bool = False) -> Path:
-    """Write the LoRA safetensors (and optionally the official pair in `<stem>_official/`)."""
+def save_lora(lora: TrainableLora, path: Path | str, metadata: Dict[str, object], official_pair: bool = False,
+              export_format: str = "mova") -> Path:
+    """Write the LoRA safetensors (and optionally the official pair in `<stem>_official/`, and with
+    `export_format="comfy"` the ComfyUI-native expert files, see `comfy_export_paths`)."""
     path = Path(path)
     meta = {"format": LORA_FORMAT, "rank": str(lora.rank), "alpha": repr(lora.alpha),
             "targets": lora.targets.describe(), "modules": str(len(lora.keys()))}
     meta.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in metadata.items()})
     atomic_save_file(lora.state_tensors(), path, meta)
+    if export_format == "comfy":
+        from ..network.lora_export import save_comfy_experts
+
+        weights = lora.to_weights(source=str(path))
+        save_comfy_experts(weights, path, metadata=meta, video_only=True, always_suffix=True)
     if official_pair:
         folder = path.with_name(path.stem + "_official")
         folder.mkdir(parents=True, exist_ok=True)
@@ -45,6 +56,13 @@ def save_lora(lora: TrainableLora, path: Path | str, metadata: Dict[str, object]
         _atomic_torch_save({"rank": lora.rank, "alpha": lora.alpha, "target_modules": list(lora.targets.names) or ["attention"]},
                            folder / "lora_config.pt")
     return path
+
+
+def comfy_export_paths(path: Path | str, experts) -> list:
+    """Where `export_format="comfy"` writes each trained expert (`video_dit`, `video_dit_2`) beside `path`."""
+    from ..network.lora_export import expert_paths
+
+    return list(expert_paths(Path(path), list(experts), always_suffix=True).values())
 
 
 def _atomic_torch_save(obj: object, path: Path) -> None:

@@ -113,6 +113,9 @@ class TrainableLora(nn.Module):
 
     def load_weights(self, weights: LoraWeights) -> int:
         """Continue from an existing LoRA (same rank and targets); returns the pairs it covered."""
+        if weights.scales or weights.deltas:
+            raise LoraError(f"{weights.source}: a {weights.format} LoRA (per-layer scales or full deltas) cannot seed "
+                            "training; continue from a MOVA LoRA of the same rank and targets")
         if weights.rank != self.rank:
             raise LoraError(f"{weights.source}: rank {weights.rank} differs from the training rank {self.rank}")
         flat = {}

@@ -26,7 +26,8 @@ from ..sampling.scheduler import FlowMatchPairScheduler
 from .cache import encode_dataset
 from .dataset import ClipGeometry, DatasetError, scan_dataset
 from .encoding import ClipEncoders
-from .files import TrainStateError, load_state, restore_state, save_lora, save_state, state_path_for
+from .files import (EXPORT_FORMATS, TrainStateError, comfy_export_paths, load_state, restore_state, save_lora,
+                    save_state, state_path_for)
 from .models import TrainingModels
 from .optimizer import OptimizerSettings, build_optimizer, clip_and_step
 from .step import EncodedClip, StepDraw, StepOptions, draw_step
@@ -80,6 +81,7 @@ class TrainSettings:
     device: str = "cpu"
     strict_dataset: bool = False
     official_pair: bool = False
+    export_format: str = "mova"
 
     def optimizer_settings(self) -> OptimizerSettings:
         warmup = self.warmup_steps if self.warmup_steps is not None else int(self.steps * 0.01)
@@ -98,6 +100,8 @@ class TrainSettings:
             problems.append(f"rank must be at least 1 (got {self.rank})")
         if not self.alpha > 0:
             problems.append(f"alpha must be positive (got {self.alpha})")
+        if self.export_format not in EXPORT_FORMATS:
+            problems.append(f"export format must be one of {', '.join(EXPORT_FORMATS)} (got {self.export_format!r})")
         if self.experts not in EXPERT_CHOICES:
             problems.append(f"experts must be one of {', '.join(EXPERT_CHOICES)} (got {self.experts!r})")
         if self.weights not in WEIGHT_CHOICES:
@@ -158,6 +162,8 @@ class TrainResult:
     clips: int = 0
     skipped: List[Tuple[str, str]] = field(default_factory=list)
     interrupted: bool = False
+    exported: List[Path] = field(default_factory=list)
+    """ComfyUI-native expert files written beside the LoRA (`export_format="comfy"`)."""
 
 
 def _check_paths(out_path: Path, dataset: Path, checkpoint_dir: Path) -> None:
@@ -327,8 +333,9 @@ class LoraTrainer:
             self._save(lora, optimizer, schedule, generator, losses, identity, s.steps, meta, state_path)
         finally:
             models.release()
+        exported = comfy_export_paths(self.out_path, s.experts_trained()) if s.export_format == "comfy" else []
         return TrainResult(s.steps, val_before, val_after, self.out_path, state_path, losses, val_losses,
-                           len(clips), skipped)
+                           len(clips), skipped, exported=exported)
 
     def _one_step(self, step, models, clips, timesteps, options, generator, optimizer, schedule, params):
         s = self.settings
@@ -355,7 +362,8 @@ class LoraTrainer:
 
     def _save(self, lora, optimizer, schedule, generator, losses, identity, step, meta, state_path) -> None:
         save_state(state_path, step, lora, optimizer, schedule, generator, losses, identity)
-        save_lora(lora, self.out_path, dict(meta, steps=str(step)), official_pair=self.settings.official_pair)
+        save_lora(lora, self.out_path, dict(meta, steps=str(step)), official_pair=self.settings.official_pair,
+                  export_format=self.settings.export_format)
         logger.info("saved %s at step %d", self.out_path, step)
 
 

@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from host_workflows import (CLIP_FRAMES, SHIPPED, TINY, VOICE_RATE, dac_sample_rate, load_api, node_of, nodes_of,
                             output_files, patch_for_speed, text_of, upload_media, video_files)
@@ -32,8 +33,9 @@ SCHEMAS = {
     "MovaMultiGPU": ({"model": "MOVA_MODEL", "devices": "STRING", "split": "COMBO"}, {"timeout_s": "FLOAT"},
                      ["MOVA_MODEL"]),
     "MovaLoraLoader": ({"model": "MOVA_MODEL", "lora_name": "COMBO", "strength": "FLOAT"},
-                       {"video_strength": "FLOAT", "audio_strength": "FLOAT", "bridge_strength": "FLOAT"},
-                       ["MOVA_MODEL"]),
+                       {"video_strength": "FLOAT", "audio_strength": "FLOAT", "bridge_strength": "FLOAT",
+                        "expert": "COMBO", "allow_partial": "BOOLEAN"},
+                       ["MOVA_MODEL", "STRING"]),
     "MovaAudioDriver": ({"model": "MOVA_MODEL", "conditioning": "MOVA_CONDITIONING", "audio": "AUDIO",
                          "mode": "COMBO"}, {}, ["MOVA_HELD", "STRING"]),
     "MovaVideoDriver": ({"model": "MOVA_MODEL", "conditioning": "MOVA_CONDITIONING", "frames": "IMAGE",
@@ -257,6 +259,55 @@ def test_lora_loader_changes_the_result_and_stacks(comfy, mova_checkpoint):
     again_wf[node_of(again_wf, "MovaMux")]["inputs"]["filename_prefix"] = "mova_test/lora_base_again"
     again = comfy.run(again_wf, timeout=300)
     assert again.status == "success" and np.array_equal(audio_of(again), audio_of(base))
+
+
+def test_a_kohya_wan_lora_through_the_lora_loader(comfy, mova_checkpoint):
+    """A kohya-format Wan LoRA in models/loras, routed by the node's `expert`: on the high-noise expert it gives the
+    same clip as the same pairs in the official MOVA format (video_dit keys); on the low-noise one another clip; a
+    file with a key MOVA has no layer for is refused naming it, unless allow_partial."""
+    from safetensors.torch import load_file, save_file
+
+    from mova_model.network.lora import LoraWeights, save_lora_safetensors
+    from wan_lora_files import TOP_TARGETS, WanLora, expert_state, random_wan_lora, shapes_of, write
+
+    loras = comfy.server.models_dir / "loras"
+    loras.mkdir(parents=True, exist_ok=True)
+    state = expert_state(comfy.server.models_dir / "mova" / mova_checkpoint, "video_dit")
+    lora = random_wan_lora(shapes_of(state), seed=21, with_deltas=False)
+    lora = WanLora({t: (down, up * 3.0, 8.0) for t, (down, up, _) in lora.pairs.items() if t not in TOP_TARGETS})
+    write(lora, loras / "wan_kohya.safetensors", "kohya")
+    save_lora_safetensors(LoraWeights({"video_dit": {t: (d, u) for t, (d, u, _) in lora.pairs.items()}}, rank=4, alpha=8.0),
+                          loras / "wan_as_mova.safetensors")
+    tensors = load_file(str(loras / "wan_kohya.safetensors"))
+    tensors["lora_unet_blocks_0_cross_attn_k_img.lora_down.weight"] = torch.zeros(4, state["blocks.0.cross_attn.k.weight"].shape[1])
+    tensors["lora_unet_blocks_0_cross_attn_k_img.lora_up.weight"] = torch.zeros(state["blocks.0.cross_attn.k.weight"].shape[0], 4)
+    save_file(tensors, str(loras / "wan_kohya_i2v.safetensors"))
+
+    def run(name, prefix, **inputs):
+        wf = patch_for_speed(load_api("t2va"), mova_checkpoint, seed=13, prefix=f"mova_test/{prefix}")
+        wf["30"] = {"class_type": "MovaLoraLoader", "inputs": {"model": [node_of(wf, "MovaLoader"), 0], "lora_name": name,
+                                                              "strength": 1.0, **inputs}}
+        for node in wf.values():
+            if node["class_type"] in ("MovaTextImageConditioner", "MovaJointSampler", "MovaAVDecoder"):
+                node["inputs"]["model"] = ["30", 0]
+        return comfy.run(wf, timeout=300)
+
+    def audio_of(result):
+        import av
+
+        assert result.status == "success", result.error
+        (video,) = [p for p in result.outputs if p.suffix == ".mp4"]
+        with av.open(str(video)) as container:
+            return np.concatenate([f.to_ndarray().ravel() for f in container.decode(container.streams.audio[0])])
+
+    high = audio_of(run("wan_kohya.safetensors", "kohya_high", expert="high"))
+    assert np.array_equal(high, audio_of(run("wan_as_mova.safetensors", "kohya_as_mova")))
+    assert not np.array_equal(high, audio_of(run("wan_kohya.safetensors", "kohya_low", expert="low")))
+    refused = run("wan_kohya_i2v.safetensors", "kohya_refused", expert="high")
+    assert refused.status == "error" and "kohya/musubi" in refused.error and "cross_attn_k_img" in refused.error, refused.error
+    assert "allow_partial" in refused.error
+    assert np.array_equal(high, audio_of(run("wan_kohya_i2v.safetensors", "kohya_partial", expert="high",
+                                             allow_partial=True)))
 
 
 def test_lora_name_outside_the_list_is_a_validation_error(comfy, mova_checkpoint):

@@ -48,7 +48,7 @@ def test_the_nodes_have_the_expected_combos(node_module):
     assert found == {
         ("MovaLoader", "checkpoint"), ("MovaLoader", "dtype"), ("MovaLoader", "device"),
         ("MovaLoader", "memory_mode"), ("MovaLoader", "weights"), ("MovaLoader", "attention"),
-        ("MovaLoader", "batch_guidance"), ("MovaLoraLoader", "lora_name"),
+        ("MovaLoader", "batch_guidance"), ("MovaLoraLoader", "lora_name"), ("MovaLoraLoader", "expert"),
         ("MovaGuidance", "preset"), ("MovaAudioDriver", "mode"), ("MovaVideoDriver", "mode"), ("MovaExtend", "hold_mode"), ("MovaMultiGPU", "split"),
         ("MovaTrainLora", "targets"), ("MovaTrainLora", "experts"), ("MovaTrainLora", "weights"),
         ("MovaPromptEnhancer", "backend"), ("MovaPromptEnhancer", "local_model"), ("MovaPromptEnhancer", "on_failure"),

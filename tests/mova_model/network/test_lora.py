@@ -168,7 +168,7 @@ def test_safetensors_rank_alpha_from_a_json_beside_or_the_default(tmp_path):
     ({"audio_dit.blocks.0.ffn.0.lora_A.weight": torch.ones(3, 4)}, "has no lora_B.weight"),
     ({"audio_dit.blocks.0.ffn.0.lora_A.weight": torch.ones(3, 4),
       "audio_dit.blocks.0.ffn.0.lora_B.weight": torch.ones(5, 2)}, "ranks differ"),
-    ({"text_encoder.encoder.block.0.lora_A.weight": torch.ones(3, 4)}, "does not start with one of"),
+    ({"text_encoder.encoder.block.0.lora_A.weight": torch.ones(3, 4)}, "without MOVA component names"),
     ({"audio_dit.blocks.0.ffn.0.weight": torch.ones(3, 4)}, "is not a LoRA tensor"),
     ({"audio_dit.blocks.0.ffn.0.lora_A.weight": torch.ones(3, 4, 1),
       "audio_dit.blocks.0.ffn.0.lora_B.weight": torch.ones(5, 3)}, "2-D"),

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 
 from mova_model.network.lora import LoraPatch, load_lora
 from mova_model.sampling.guidance import GuidanceConfig
+from mova_model.sampling.pipeline import MovaPipeline
 from mova_model.training.files import read_lora_metadata, state_path_for
 from mova_model.training.trainer import LoraTrainer, TrainingError, train_lora
 
@@ -115,11 +116,22 @@ def test_cli_prints_the_result_line_last(tiny_checkpoint_dir, clip_dataset, enco
     proc = subprocess.run([sys.executable, "-m", "mova_model", "train", str(tiny_checkpoint_dir), str(clip_dataset),
                            "--out", str(out), "--steps", "2", "--size", "48x32", "--frames", "9", "--fps", "8",
                            "--rank", "2", "--alpha", "2", "--lr", "1e-2", "--experts", "low", "--val-items", "1",
-                           "--cache-dir", str(encode_cache)], capture_output=True, text=True, cwd=repo_root, timeout=600)
+                           "--cache-dir", str(encode_cache), "--export-format", "comfy"],
+                          capture_output=True, text=True, cwd=repo_root, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    last = proc.stdout.strip().splitlines()[-1]
+    *before, last = proc.stdout.strip().splitlines()
     assert last.startswith("trained: steps=2 val_loss_before=") and last.endswith(f"lora={out}")
-    assert load_lora(out).rank == 2
+    trained = load_lora(out)
+    assert trained.rank == 2
+    # --export-format comfy: the trained (low-noise) expert in ComfyUI-native naming beside it, metadata kept
+    exported = tmp_path / "cli_low_noise.safetensors"
+    assert before[-1] == f"exported: {exported}" and not (tmp_path / "cli_high_noise.safetensors").exists()
+    comfy = MovaPipeline.from_pretrained(tiny_checkpoint_dir).load_lora(exported, expert="low")
+    assert comfy.format == "ComfyUI native (prefix 'diffusion_model.')" and comfy.metadata["steps"] == "2"
+    assert comfy.metadata["rank"] == "2" and comfy.metadata["mova_component"] == "video_dit_2"
+    for path, (down, up) in trained.pairs["video_dit_2"].items():
+        assert torch.equal(comfy.pairs["video_dit_2"][path][0], down) and torch.equal(comfy.pairs["video_dit_2"][path][1], up)
+        assert comfy.layer_scale("video_dit_2", path) == trained.base_scaling
     bad = subprocess.run([sys.executable, "-m", "mova_model", "train", str(tiny_checkpoint_dir), str(clip_dataset),
                           "--out", str(tmp_path / "x.safetensors"), "--size", "50x32"], capture_output=True, text=True,
                          cwd=repo_root, timeout=300)
