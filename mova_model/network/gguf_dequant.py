@@ -70,47 +70,40 @@ def _half(blocks: torch.Tensor, start: int) -> torch.Tensor:
     return blocks[:, start:start + 2].contiguous().view(torch.float16).to(torch.float32)
 
 
-def _shifts(values: Sequence[int], like: torch.Tensor, ndim: int, axis: int) -> torch.Tensor:
-    """A uint8 tensor of shift counts laid along `axis` of an `ndim`-dim broadcast shape."""
-    shape = [1] * ndim
-    shape[axis] = len(values)
-    return torch.tensor(values, dtype=torch.uint8, device=like.device).reshape(shape)
+def _split(packed: torch.Tensor, group: int, bits: int) -> torch.Tensor:
+    """Split bytes into `bits`-wide codes: each run of `group` bytes gives its lowest code of every byte, then
+    the next ones up (shifts by constants, stacked: broadcast shifts are several times slower on the CPU).
+
+    packed: uint8 [n, m] (m a multiple of `group`) -> uint8 [n, (8 / bits) · m].
+    """
+    n = packed.shape[0]
+    grouped = packed.reshape(n, -1, group)
+    mask = (1 << bits) - 1
+    parts = [grouped & mask] + [(grouped >> shift) & mask for shift in range(bits, 8, bits)]
+    return torch.stack(parts, dim=2).reshape(n, -1)
 
 
 def _nibbles(packed: torch.Tensor, group: int) -> torch.Tensor:
-    """Split bytes into 4-bit codes: each run of `group` bytes gives its low nibbles, then its high nibbles.
-
-    packed: uint8 [n, m] (m a multiple of `group`) -> uint8 [n, 2m] (the order ggml's q4 layouts use).
-    """
-    n = packed.shape[0]
-    grouped = packed.reshape(n, -1, 1, group) >> _shifts((0, 4), packed, 4, 2)
-    return (grouped & 0x0F).reshape(n, -1)
+    """4-bit codes: each run of `group` bytes gives its low nibbles, then its high nibbles (ggml's q4 layouts).
+    uint8 [n, m] -> [n, 2m]."""
+    return _split(packed, group, 4)
 
 
 def _crumbs(packed: torch.Tensor, group: int) -> torch.Tensor:
-    """Split bytes into 2-bit codes: each run of `group` bytes gives bits 0-1, then 2-3, 4-5, 6-7.
-
-    packed: uint8 [n, m] -> uint8 [n, 4m].
-    """
-    n = packed.shape[0]
-    grouped = packed.reshape(n, -1, 1, group) >> _shifts((0, 2, 4, 6), packed, 4, 2)
-    return (grouped & 0x03).reshape(n, -1)
+    """2-bit codes: each run of `group` bytes gives bits 0-1, then 2-3, 4-5, 6-7. uint8 [n, m] -> [n, 4m]."""
+    return _split(packed, group, 2)
 
 
 def _bits(packed: torch.Tensor, group: int) -> torch.Tensor:
-    """Split bytes into single bits: each run of `group` bytes gives bit 0 of every byte, then bit 1, ... bit 7.
-
-    packed: uint8 [n, m] -> uint8 [n, 8m].
-    """
-    n = packed.shape[0]
-    grouped = packed.reshape(n, -1, 1, group) >> _shifts(tuple(range(8)), packed, 4, 2)
-    return (grouped & 0x01).reshape(n, -1)
+    """Single bits: each run of `group` bytes gives bit 0 of every byte, then bit 1, ... bit 7.
+    uint8 [n, m] -> [n, 8m]."""
+    return _split(packed, group, 1)
 
 
 def _word_bits(packed: torch.Tensor) -> torch.Tensor:
     """The 32 bits of a little-endian uint32 stored as 4 bytes, bit j at column j: uint8 [n, 4] -> [n, 32]."""
     n = packed.shape[0]
-    return ((packed.reshape(n, 4, 1) >> _shifts(tuple(range(8)), packed, 3, 2)) & 0x01).reshape(n, 32)
+    return _split(packed, 1, 1).reshape(n, 4, 8).reshape(n, 32)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -120,33 +113,33 @@ def _word_bits(packed: torch.Tensor) -> torch.Tensor:
 def _q8_0(blocks: torch.Tensor) -> torch.Tensor:
     d = _half(blocks, 0)
     q = blocks[:, 2:].contiguous().view(torch.int8).to(torch.float32)
-    return q * d
+    return q.mul_(d)
 
 
 def _q4_0(blocks: torch.Tensor) -> torch.Tensor:
     d = _half(blocks, 0)
     q = _nibbles(blocks[:, 2:], 16).to(torch.int8) - 8
-    return d * q.to(torch.float32)
+    return q.to(torch.float32).mul_(d)
 
 
 def _q4_1(blocks: torch.Tensor) -> torch.Tensor:
     d, m = _half(blocks, 0), _half(blocks, 2)
     q = _nibbles(blocks[:, 4:], 16).to(torch.float32)
-    return d * q + m
+    return q.mul_(d).add_(m)
 
 
 def _q5_0(blocks: torch.Tensor) -> torch.Tensor:
     d = _half(blocks, 0)
     high = _word_bits(blocks[:, 2:6])
     q = (_nibbles(blocks[:, 6:], 16) | (high << 4)).to(torch.int8) - 16
-    return d * q.to(torch.float32)
+    return q.to(torch.float32).mul_(d)
 
 
 def _q5_1(blocks: torch.Tensor) -> torch.Tensor:
     d, m = _half(blocks, 0), _half(blocks, 2)
     high = _word_bits(blocks[:, 4:8])
     q = (_nibbles(blocks[:, 8:], 16) | (high << 4)).to(torch.float32)
-    return d * q + m
+    return q.mul_(d).add_(m)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -172,7 +165,7 @@ def _q2_k(blocks: torch.Tensor) -> torch.Tensor:
     dl = (d * (scales & 0x0F).to(torch.float32)).reshape(n, 16, 1)
     ml = (dmin * (scales >> 4).to(torch.float32)).reshape(n, 16, 1)
     q = _crumbs(blocks[:, 16:80], 32).reshape(n, 16, 16).to(torch.float32)
-    return (dl * q - ml).reshape(n, QK_K)
+    return q.mul_(dl).sub_(ml).reshape(n, QK_K)
 
 
 def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
@@ -187,7 +180,7 @@ def _q3_k(blocks: torch.Tensor) -> torch.Tensor:
     # a cleared hmask bit subtracts 4 from the 2-bit code (ggml: `(hm & m) ? 0 : 4`)
     qh = (_bits(hmask, 32).reshape(n, 16, 16) ^ 1).to(torch.int8)
     q = (ql - (qh << 2)).to(torch.float32)
-    return (dl * q).reshape(n, QK_K)
+    return q.mul_(dl).reshape(n, QK_K)
 
 
 def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
@@ -197,7 +190,7 @@ def _q4_k(blocks: torch.Tensor) -> torch.Tensor:
     d1 = (d * sc.to(torch.float32)).reshape(n, 8, 1)
     m1 = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
     q = _nibbles(blocks[:, 16:], 32).reshape(n, 8, 32).to(torch.float32)
-    return (d1 * q - m1).reshape(n, QK_K)
+    return q.mul_(d1).sub_(m1).reshape(n, QK_K)
 
 
 def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
@@ -208,7 +201,7 @@ def _q5_k(blocks: torch.Tensor) -> torch.Tensor:
     m1 = (dmin * mn.to(torch.float32)).reshape(n, 8, 1)
     high = _bits(blocks[:, 16:48], 32)
     q = (_nibbles(blocks[:, 48:], 32) | (high << 4)).reshape(n, 8, 32).to(torch.float32)
-    return (d1 * q - m1).reshape(n, QK_K)
+    return q.mul_(d1).sub_(m1).reshape(n, QK_K)
 
 
 def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
@@ -218,7 +211,7 @@ def _q6_k(blocks: torch.Tensor) -> torch.Tensor:
     d = _half(blocks, 208)
     dl = (d * scales).reshape(n, 16, 1)
     q = (_nibbles(ql, 64) | (_crumbs(qh, 32) << 4)).to(torch.int8) - 32
-    return (dl * q.reshape(n, 16, 16).to(torch.float32)).reshape(n, QK_K)
+    return q.reshape(n, 16, 16).to(torch.float32).mul_(dl).reshape(n, QK_K)
 
 
 _DEQUANTIZERS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
@@ -227,13 +220,21 @@ _DEQUANTIZERS: Dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
 }
 
 
+CHUNK_WEIGHTS = 1 << 22
+"""Weights dequantized per piece: the float32 working set of a large matrix is bounded by this many weights."""
+SCRATCH_BYTES_PER_WEIGHT = 8
+"""Peak temporary bytes per weight of one piece: the float32 values (4), the integer codes and their shifted and
+masked copies (up to 3 uint8), rounded up. With the `dtype` output this bounds a dequantization's device memory
+at `numel × dtype size + min(numel, CHUNK_WEIGHTS) × SCRATCH_BYTES_PER_WEIGHT` (what the memory planner counts)."""
+
+
 def dequantize(raw: torch.Tensor, qtype: str, shape: Sequence[int], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """The weights a quantized GGUF tensor holds, as `dtype` on `raw`'s device.
 
     raw: uint8 tensor of the stored blocks (any shape, `numel(shape) / block_size * type_size` bytes, read in
     order); qtype: a key of `GGUF_QUANT_SIZES`; shape: the logical shape (e.g. `[out, in]` of a Linear, or the
     5-D `[out, in, t, h, w]` of a patch embedding). Computed in float32 (equal to `gguf.quants.dequantize`),
-    then cast to `dtype`.
+    then cast to `dtype`; a tensor larger than `CHUNK_WEIGHTS` is expanded piece by piece into the output.
     """
     if raw.dtype != torch.uint8:
         raise TypeError(f"GGUF {qtype} data must be uint8 bytes, got {raw.dtype}")
@@ -243,5 +244,12 @@ def dequantize(raw: torch.Tensor, qtype: str, shape: Sequence[int], dtype: torch
         raise ValueError(f"GGUF {qtype}: {raw.numel()} bytes do not hold a tensor of shape {list(shape)} "
                          f"({block} weights per {size}-byte block)")
     blocks = raw.reshape(-1, size)
-    values = _DEQUANTIZERS[qtype](blocks)
-    return values.reshape(tuple(int(s) for s in shape)).to(dtype)
+    target = tuple(int(s) for s in shape)
+    expand = _DEQUANTIZERS[qtype]
+    per_piece = max(1, CHUNK_WEIGHTS // block)
+    if blocks.shape[0] <= per_piece:
+        return expand(blocks).reshape(target).to(dtype)
+    out = torch.empty((blocks.shape[0], block), dtype=dtype, device=raw.device)
+    for start in range(0, blocks.shape[0], per_piece):
+        out[start:start + per_piece] = expand(blocks[start:start + per_piece])
+    return out.reshape(target)
