@@ -3,7 +3,8 @@
 The header (metadata, then the tensor table with every offset) is computed from the announced types and shapes
 and written first; each tensor's bytes are then produced by its `make()` and written in table order, so a
 14B-parameter expert never sits in memory whole. Tensors with more dimensions than llama.cpp's tools handle
-(4; the video experts' 5-D patch embedding) are stored reshaped to 2-D with their real shape under
+(4; the video experts' 5-D patch embedding), and quantized tensors whose last dimension is not a whole number
+of blocks, are stored reshaped to 2-D rows of 256 with their real shape under
 `comfy.gguf.orig_shape.<name>`, the convention city96's converter introduced and both our reader and ComfyUI-GGUF
 understand.
 """
@@ -38,6 +39,8 @@ class GGUFTensor:
     qtype: str
     shape: Tuple[int, ...]
     make: Callable[[], np.ndarray]
+    stored: Optional[Tuple[int, ...]] = None
+    """The shape written to the tensor table (same element count); None: see `stored_shape`."""
 
     @property
     def numel(self) -> int:
@@ -51,10 +54,16 @@ class GGUFTensor:
         return self.numel // block * size
 
     def stored_shape(self) -> Tuple[int, ...]:
-        """The shape written to the tensor table: the logical one, or 2-D when it has more than 4 dimensions."""
-        if len(self.shape) <= MAX_STORED_DIMS:
+        """The shape written to the tensor table: `stored` when given, else the logical one, or 2-D when it has
+        more than 4 dimensions."""
+        if self.stored is not None:
+            return tuple(self.stored)
+        block = GGUF_QUANT_SIZES[self.qtype][0] if self.qtype in GGUF_QUANT_SIZES else 1
+        if len(self.shape) <= MAX_STORED_DIMS and (not self.shape or int(self.shape[-1]) % block == 0):
             return tuple(self.shape)
-        last = 256 if self.numel % 256 == 0 else int(self.shape[-1])
+        if self.numel % block:
+            raise ValueError(f"{self.name}: {self.numel} weights are not whole {self.qtype} blocks of {block}")
+        last = 256 if self.numel % 256 == 0 else (block if block > 1 else int(self.shape[-1]))
         return (self.numel // last, last)
 
 

@@ -239,12 +239,12 @@ def dequantize(raw: torch.Tensor, qtype: str, shape: Sequence[int], dtype: torch
     if raw.dtype != torch.uint8:
         raise TypeError(f"GGUF {qtype} data must be uint8 bytes, got {raw.dtype}")
     block, size = GGUF_QUANT_SIZES[qtype]
-    numel = math.prod(int(s) for s in shape)
+    target = tuple([int(s) for s in shape])
+    numel = math.prod(target)
     if numel % block or raw.numel() != numel // block * size:
         raise ValueError(f"GGUF {qtype}: {raw.numel()} bytes do not hold a tensor of shape {list(shape)} "
                          f"({block} weights per {size}-byte block)")
     blocks = raw.reshape(-1, size)
-    target = tuple(int(s) for s in shape)
     expand = _DEQUANTIZERS[qtype]
     per_piece = max(1, CHUNK_WEIGHTS // block)
     if blocks.shape[0] <= per_piece:
