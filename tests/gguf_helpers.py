@@ -66,7 +66,7 @@ def _entries(store: SafetensorsStore, generator: np.random.Generator,
     for index, key in enumerate(sorted(store.tensors)):
         info = store.info(key)
         shape = tuple(info.shape)
-        qtype = mixed_type(key, shape, index)
+        qtype = "F32" if (five_d_as_is and len(shape) == 5) else mixed_type(key, shape, index)
         source = store.get_tensor(key).to(torch.float32)
         if qtype in K_QUANTS:  # no Python quantizer: random blocks scaled like the random weights
             data = random_blocks(qtype, source.numel(), generator, std=float(source.std()))
