@@ -281,3 +281,49 @@ def test_gguf_file_changed_between_runs_is_checked_again(q8_checkpoint, tmp_path
     report = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("REPORT "))[7:])
     assert all(e and "video_dit_2" in e and "truncated" in e for e in report["errors"]), report
     assert report["restored_equal"]
+
+
+LLAMA_NAMES = (("shared.", "token_embd."), ("encoder.final_layer_norm.", "enc.output_norm."),
+               ("layer.0.SelfAttention.relative_attention_bias.", "attn_rel_b."),
+               ("layer.0.SelfAttention.q.", "attn_q."), ("layer.0.SelfAttention.k.", "attn_k."),
+               ("layer.0.SelfAttention.v.", "attn_v."), ("layer.0.SelfAttention.o.", "attn_o."),
+               ("layer.0.layer_norm.", "attn_norm."), ("layer.1.DenseReluDense.wi_0.", "ffn_gate."),
+               ("layer.1.DenseReluDense.wi_1.", "ffn_up."), ("layer.1.DenseReluDense.wo.", "ffn_down."),
+               ("layer.1.layer_norm.", "ffn_norm."), ("encoder.block.", "enc.blk."))
+
+
+def test_umt5_gguf_with_llama_cpp_names_encodes_like_its_twin(tmp_path):
+    """A text encoder GGUF as llama.cpp names T5 tensors (city96's UMT5 files), matrices and embedding in Q8_0."""
+    from safetensors.torch import save_file
+
+    from mova_model.memory.gguf_quantize import encode
+    from mova_model.network.gguf_dequant import dequantize
+    from mova_model.checkpoint.weights import SafetensorsStore
+
+    source = write_tiny_checkpoint(tmp_path / "source")
+    store = SafetensorsStore(source / "text_encoder", "text_encoder").check()
+    entries, values = [], {}
+    for key in sorted(store.tensors):
+        tensor = store.get_tensor(key)
+        qtype = "Q8_0" if tensor.dim() == 2 and "relative_attention_bias" not in key else "F32"
+        data = encode(tensor, qtype)
+        values[key] = (dequantize(torch.from_numpy(data.reshape(-1).copy()), qtype, tensor.shape) if qtype == "Q8_0"
+                       else torch.from_numpy(data.copy()))
+        name = key
+        for official, llama in LLAMA_NAMES:
+            name = name.replace(official, llama)
+        entries.append(GGUFTensor(name, qtype, tuple(tensor.shape), lambda d=data: d))
+    gguf_dir, twin = tmp_path / "gguf", tmp_path / "twin"
+    shutil.copytree(source, gguf_dir)
+    shutil.copytree(source, twin)
+    for path in (gguf_dir / "text_encoder").glob("*.safetensors"):
+        path.unlink()
+    write_gguf_file(gguf_dir / "text_encoder" / "umt5.gguf", entries, "t5encoder")
+    save_file(values, str(twin / "text_encoder" / "model.safetensors"))
+    assert any(e.name.startswith("enc.blk.0.attn_q") for e in entries)
+    prompts = ["a man says hello in the kitchen", "static"]
+    got = MovaPipeline.from_pretrained(gguf_dir).encode_prompts(prompts)
+    expected = MovaPipeline.from_pretrained(twin).encode_prompts(prompts)
+    assert torch.equal(got, expected)
+    built = MovaCheckpoint.open(gguf_dir).build("text_encoder")
+    assert any(getattr(m, "gguf_type", None) == "Q8_0" for m in built.modules())
