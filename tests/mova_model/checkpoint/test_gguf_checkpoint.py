@@ -80,6 +80,12 @@ def test_tensors_are_memory_mapped_from_the_file(gguf_pair):
     begin, end = mapped.ctypes.data, mapped.ctypes.data + mapped.nbytes
     tensors = store.load()
     assert all(begin <= t.data_ptr() and t.data_ptr() + t.numel() * t.element_size() <= end for t in tensors.values())
+    pipe = MovaPipeline.from_pretrained(gguf_pair[0])
+    module = pipe.cache.get("video_dit")  # built for CPU compute: the quantized blocks stay in the file's pages
+    mapped = pipe.checkpoint.store("video_dit")._reader.data
+    begin, end = mapped.ctypes.data, mapped.ctypes.data + mapped.nbytes
+    blocks = [m.weight for m in module.modules() if getattr(m, "gguf_type", None)]
+    assert blocks and all(begin <= w.data_ptr() < end for w in blocks)
 
 
 def test_streamed_gguf_run_equals_resident_and_moves_the_quantized_bytes(gguf_pair):
