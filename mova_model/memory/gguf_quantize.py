@@ -101,8 +101,9 @@ class Progress:
         self.last = now
         rate = self.done / max(now - self.start, 1e-9)
         left = (self.total - self.done) / rate if rate else 0.0
-        self.stream.write(f"\r{self.label}: {100.0 * self.done / self.total:5.1f} % ({self.done / 1e9:.2f} of "
-                          f"{self.total / 1e9:.2f} B weights, {rate / 1e6:.0f} M/s, {left:.0f} s left)")
+        unit, scale = ("B", 1e9) if self.total >= 1e9 else ("M", 1e6)
+        self.stream.write(f"\r{self.label}: {100.0 * self.done / self.total:5.1f} % ({self.done / scale:.2f} of "
+                          f"{self.total / scale:.2f} {unit} weights, {rate / 1e6:.1f} M/s, {left:.0f} s left)")
         if self.done >= self.total:
             self.stream.write("\n")
         self.stream.flush()
