@@ -109,3 +109,18 @@ def test_failure_midway_leaves_no_output(tiny_checkpoint_dir, tmp_path, monkeypa
         quantize_checkpoint(tiny_checkpoint_dir, tmp_path / "out", format_name="gguf", gguf_type="Q8_0")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     assert quantize_module.quantize_checkpoint is quantize_checkpoint
+
+
+def test_torch_q8_0_is_the_gguf_package_quantizer_bit_for_bit():
+    import gguf
+    import numpy as np
+
+    from mova_model.memory.gguf_quantize import quantize_q8_0
+
+    x = np.random.default_rng(0).standard_normal((70, 1024)).astype(np.float32)
+    x[0, :32] = 0  # an all-zero block
+    x[1, :64] = np.linspace(-2.54, 2.54, 64)  # codes at exact halves
+    x[2, :32] = 1e-30  # tiny
+    for values in (x, torch.from_numpy(x).to(torch.bfloat16).float().numpy()):
+        expected = gguf.quants.quantize(values, gguf.GGMLQuantizationType.Q8_0)
+        assert np.array_equal(quantize_q8_0(torch.from_numpy(values)).numpy(), expected)
