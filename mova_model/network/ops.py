@@ -78,10 +78,8 @@ class CastMixin:
             # the quantized bytes move (a no-op when streamed or resident there), then expand on that device
             raw = self.weight.to(device=like.device, non_blocking=True)
             weight = dequantize(raw, self.gguf_type, self.gguf_shape, like.dtype)
-            bias = cast_tensor(getattr(self, "bias", None), like.dtype, like.device)
-            return weight, bias  # type: ignore[return-value]
-        scale = getattr(self, "weight_scale", None)
-        weight = cast_tensor(self.weight, like.dtype, like.device, scale)
+        else:
+            weight = cast_tensor(self.weight, like.dtype, like.device, getattr(self, "weight_scale", None))
         bias = cast_tensor(getattr(self, "bias", None), like.dtype, like.device)
         return weight, bias  # type: ignore[return-value]
 
