@@ -155,6 +155,13 @@ def set_gguf_weight(layer: nn.Module, qtype: str, shape: Tuple[int, ...], raw: t
     layer.gguf_shape = tuple(int(s) for s in shape)
 
 
+def weight_shape(layer: nn.Module) -> Tuple[int, ...]:
+    """The logical shape of a layer's weight: `gguf_shape` for GGUF blocks (whose uint8 tensor has the byte
+    shape), else `weight.shape`. What shape checks against a layer (LoRA pairs, deltas) must compare with."""
+    shape = getattr(layer, "gguf_shape", None)
+    return tuple(shape) if shape is not None else tuple(layer.weight.shape)
+
+
 class Operations:
     """Factory of layers. `device` is where parameters are created (default `meta`: no allocation, no init).
 

@@ -16,7 +16,7 @@ from mova_model.memory.layout import BlockLayout
 from mova_model.network import gguf_dequant
 from mova_model.network.gguf_dequant import GGUF_QUANT_SIZES, bytes_per_weight, dequantize
 from mova_model.network.lora import LoraAdapter
-from mova_model.network.ops import Operations, set_gguf_weight
+from mova_model.network.ops import Operations, set_gguf_weight, weight_shape
 
 ALL_TYPES = PYTHON_QUANTIZED + K_QUANTS
 
@@ -98,6 +98,8 @@ def test_gguf_linear_computes_with_the_dequantized_weight_and_lora_on_top(qtype)
     expected = F.linear(x, weight, layer.bias) + F.linear(F.linear(x, down), up) * 0.5
     assert torch.equal(layer(x), expected)
     assert layer.weight.dtype == torch.uint8  # the base weight stays quantized
+    assert weight_shape(layer) == (32, 256) != tuple(layer.weight.shape)
+    assert weight_shape(Operations(device="meta").Linear(256, 32)) == (32, 256)
     bf16 = layer(x.to(torch.bfloat16))
     assert bf16.dtype == torch.bfloat16
     assert torch.equal(layer.cast_weight(x.to(torch.bfloat16))[0], weight.to(torch.bfloat16))
