@@ -1,9 +1,11 @@
 """`python -m mova_model <command>`: describe / plan / quantize / tiny-checkpoint / generate / train.
 
 - `describe FOLDER [--check]`: every tensor the configs imply (and, with --check, every problem in the files).
-- `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: the memory plan for a machine
+- `plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8 | --weights gguf:Q4_K]`: the memory
+  plan for a machine
   (`plan --train ...`: the plan of a LoRA training step).
-- `quantize SRC DST`: write an fp8 (e4m3fn, per-tensor scale) copy of a checkpoint folder.
+- `quantize SRC DST`: write an fp8 (e4m3fn, per-tensor scale) copy of a checkpoint folder
+  (`--format gguf --type Q8_0`: each DiT component as one GGUF file).
 - `tiny-checkpoint DST [--seed N]`: write a tiny random-weight checkpoint in the official layout.
 - `generate CHECKPOINT --prompt TEXT [--prompt TEXT ...] [--image F] [--last-image F] --size WxH --frames N
   --fps F --steps S --seed N [--overlap K] --out FILE.mp4 [--save-latents FILE.safetensors]`: one segment per

@@ -45,6 +45,9 @@ def host_vram_probe(device: torch.device):
 def plan_summary(pipeline: MovaPipeline, name: str) -> str:
     """The text the Loader shows: the memory plan for the model's default clip (640x352, 193 frames, text CFG)."""
     head = f"{name}: compute {str(pipeline.dtype).replace('torch.', '')} on {pipeline.device}"
+    gguf = pipeline.stored_weights().describe()
+    if gguf:  # which components are GGUF files, with their tensor types
+        head += "\n" + gguf
     if pipeline.device.type != "cuda":
         return (head + "\nCPU: weights stay memory-mapped from the checkpoint files and every layer computes from "
                 "them; each clip is planned against the host RAM available when it is conditioned.")

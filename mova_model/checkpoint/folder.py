@@ -17,7 +17,11 @@ from their safetensors headers, before a single weight is read. Accepted on disk
 - for `audio_vae`, each conv either as plain `weight` or in the weight-norm layout `weight_g` + `weight_v`
   (the official DAC with `use_weight_norm=true`), fused at build by `mova_model.network.audio_vae.fuse_weight_norm`;
 - tied weights (the text encoder's `encoder.embed_tokens.weight` is `shared.weight`) stored under any
-  non-empty subset of their names.
+  non-empty subset of their names;
+- instead of safetensors shards, one `.gguf` file per component folder (`gguf_store.GGUFStore`): the weight of
+  an operations-built Linear/Conv in a quantized GGUF type stays quantized (the layer holds the uint8 blocks and
+  dequantizes at forward, `ops.set_gguf_weight`); any other tensor stored quantized (a `modulation` table, an
+  embedding) is dequantized once at build.
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from torch.nn.modules.conv import _ConvNd
 
 from .configs import (COMPONENT_NAMES, CONFIG_FILES, ComponentConfig, ConfigError, ModelIndex, MovaConfigs,
                       read_json)
-from ..network.ops import FP8_DTYPE, CastMixin, Operations
+from ..network.gguf_dequant import GGUF_QUANT_SIZES, dequantize
+from ..network.ops import FP8_DTYPE, CastMixin, Operations, set_gguf_weight
 from .config_checks import bound_problems, config_problems, config_values, skeleton_limit
+from .gguf_store import open_store
 from .weights import (DTYPE_NAMES, CheckpointError, Problem, SafetensorsStore, TensorInfo, format_problems,
                       format_shape)
 
@@ -234,8 +240,8 @@ def compare_with_layout(layout: ComponentLayout, store: SafetensorsStore, config
         if info.shape != shape:
             n_shape += 1
             problems.append(_problem(c, "wrong shape", key, format_shape(shape), format_shape(info.shape), info.file))
-        if info.dtype in FLOAT_DTYPES:
-            return
+        if info.dtype in FLOAT_DTYPES or info.dtype in GGUF_QUANT_SIZES:
+            return  # GGUF: quantized layer weights stay quantized, other quantized tensors are expanded at build
         if info.dtype == FP8_NAME and key in layout.scalable:
             scale = found.get(key + SCALE_SUFFIX)
             if scale is None:
@@ -374,11 +380,12 @@ class MovaCheckpoint:
         return getattr(self.configs, component)
 
     def store(self, component: str) -> SafetensorsStore:
-        """The component's `SafetensorsStore` (headers read once, on first use)."""
+        """The component's `SafetensorsStore`, or its `GGUFStore` when the folder holds a `.gguf` file (headers
+        read once, on first use)."""
         if component not in COMPONENT_BUILDERS:
             raise KeyError(f"{component!r} has no weights; weight components are {', '.join(WEIGHT_COMPONENTS)}")
         if component not in self._stores:
-            self._stores[component] = SafetensorsStore(self.root / component, component)
+            self._stores[component] = open_store(self.root / component, component)
         return self._stores[component]
 
     def layout(self, component: str) -> ComponentLayout:
@@ -472,9 +479,11 @@ class MovaCheckpoint:
     def build(self, component: str, dtype: Optional[torch.dtype] = None, device: torch.device | str = "cpu") -> nn.Module:
         """The component's module with its weights assigned (`load_state_dict(assign=True, strict=True)`).
 
-        Weights are memory-mapped from the safetensors files and kept in their stored dtype unless `dtype`
-        differs (then each floating tensor is cast, one at a time). fp8 weights and their scales are kept as
-        stored (the layers dequantize at forward). On `device` other than CPU each tensor is copied there.
+        Weights are memory-mapped from the safetensors (or GGUF) files and kept in their stored dtype unless
+        `dtype` differs (then each floating tensor is cast, one at a time). fp8 weights and their scales, and GGUF
+        quantized layer weights, are kept as stored (the layers dequantize at forward); other GGUF quantized
+        tensors are dequantized here to `dtype` (float32 when None). On `device` other than CPU each tensor is
+        copied there.
         The module is returned in eval mode with `requires_grad=False`.
         """
         self.recheck([component])
@@ -502,9 +511,24 @@ class MovaCheckpoint:
                 converted[id(tensor)] = out
             return converted[id(tensor)]
 
+        quantized = {k: info.dtype for k, info in store.tensors.items() if k in raw and info.dtype in GGUF_QUANT_SIZES}
+        expanded: Dict[str, torch.Tensor] = {}
         state: Dict[str, torch.Tensor] = {}
         for key in layout.tensors:
             source = next(k for k in layout.aliases.get(key, (key,)) if k in raw)
+            if source in quantized and key in layout.scalable and key not in layout.aliases:
+                owner = module.get_submodule(key.rpartition(".")[0])
+                blocks = raw[source]
+                set_gguf_weight(owner, quantized[source], store.info(source).shape,
+                                torch.empty(blocks.shape, dtype=torch.uint8, device="meta"))
+                state[key] = convert(blocks)
+                continue
+            if source in quantized:
+                if source not in expanded:
+                    expanded[source] = dequantize(raw[source], quantized[source], store.info(source).shape,
+                                                  dtype or torch.float32)
+                state[key] = convert(expanded[source])
+                continue
             state[key] = convert(raw[source])
             if state[key].dtype == FP8_DTYPE:
                 scale = convert(raw[key + SCALE_SUFFIX], keep_dtype=True)
@@ -519,8 +543,10 @@ class MovaCheckpoint:
                                f"key fills: {', '.join(left[:10])}; non-persistent buffers must be created on a real device")
         module.requires_grad_(False)
         module.eval()
-        logger.info("built %s from %s (%d tensors, %.2f GiB stored)", component, store.folder, len(state),
-                    store.nbytes / 2 ** 30)
+        types = getattr(store, "types", None)
+        logger.info("built %s from %s (%d tensors, %.2f GiB stored%s)", component, store.folder, len(state),
+                    store.nbytes / 2 ** 30, "; GGUF " + ", ".join(f"{t} x{n}" for t, n in sorted(types().items()))
+                    if types else "")
         return module
 
 

@@ -212,6 +212,12 @@ def read_safetensors_header(path: Path, component: str = "") -> Tuple[Dict[str, 
     return tensors, metadata, problems
 
 
+GGUF_STAMP_BYTES = 4 * 1024 * 1024
+"""A GGUF file's stamp hashes its first 4 MiB: the header (metadata and tensor table) of a DiT file and more."""
+
+WEIGHT_FILE_PATTERNS: Tuple[str, ...] = ("*.safetensors*", "*.gguf")
+"""The files whose change between two runs makes a component be checked again (weights and sharding index)."""
+
 FileStamp = Tuple[int, int, int, str]
 """(size in bytes, mtime in ns, inode, digest of the 8-byte length + JSON header) of one file."""
 
@@ -234,6 +240,9 @@ def file_stamp(path: Path) -> Optional[FileStamp]:
                     (header_len,) = struct.unpack("<Q", prefix)
                     if 8 + header_len <= stat.st_size and header_len <= MAX_HEADER_BYTES:
                         digest.update(handle.read(header_len))
+        elif path.name.endswith(".gguf"):
+            with open(path, "rb") as handle:
+                digest.update(handle.read(GGUF_STAMP_BYTES))
         else:  # the sharding index: small JSON, hash it whole
             digest.update(path.read_bytes())
     except OSError:
@@ -263,14 +272,14 @@ class SafetensorsStore:
     def _file_stamps(self) -> Dict[str, FileStamp]:
         stamps = {}
         if self.folder.is_dir():
-            for path in sorted(self.folder.glob("*.safetensors*")):
+            for path in sorted(p for pattern in WEIGHT_FILE_PATTERNS for p in self.folder.glob(pattern)):
                 stamp = file_stamp(path)
                 if stamp is not None:
                     stamps[path.name] = stamp
         return stamps
 
     def changed_files(self) -> List[str]:
-        """Names of the safetensors/index files added, removed or rewritten (size, mtime, inode or header)
+        """Names of the safetensors/index/GGUF files added, removed or rewritten (size, mtime, inode or header)
         since the headers were checked; empty when the folder still holds exactly the validated files."""
         now = self._file_stamps()
         return sorted(name for name in now.keys() | self._stamps.keys() if now.get(name) != self._stamps.get(name))
@@ -287,9 +296,11 @@ class SafetensorsStore:
             self._problem("component folder is missing", expected="a folder", found="nothing", file=str(self.folder))
             return
         if not self.files:
-            others = sorted(p.name for p in self.folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt", ".gguf"))
-            hint = f"; found {', '.join(others)}, which this loader does not read (safetensors only)" if others else ""
-            self._problem("no *.safetensors weight file in the folder" + hint, expected="*.safetensors",
+            others = sorted(p.name for p in self.folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+            hint = (f"; found {', '.join(others)}, which this loader does not read (safetensors only, or one .gguf "
+                    "file)" if others else "")
+            self._problem("no *.safetensors weight file in the folder (nor a .gguf file)" + hint,
+                          expected="*.safetensors or one *.gguf",
                           found="none", file=str(self.folder))
             return
         for path in self.files:

@@ -105,6 +105,7 @@ def align_tensors_(module: nn.Module, alignment: int = CPU_COMPUTE_ALIGN_BYTES) 
     the misaligned tensors once makes resident and streamed weights reach MKL with the same alignment, so both
     paths compute the same numbers on every CPU. Tensors that are already aligned stay memory-mapped.
 
+    GGUF quantized blocks (uint8) stay memory-mapped: a layer dequantizes them into a fresh, aligned tensor.
     A tensor shared by two attributes is copied once and stays shared. Returns the number of bytes copied.
     """
     copies: Dict[int, torch.Tensor] = {}
@@ -113,6 +114,8 @@ def align_tensors_(module: nn.Module, alignment: int = CPU_COMPUTE_ALIGN_BYTES) 
         for table in (sub._parameters, sub._buffers):
             for attr, tensor in table.items():
                 if tensor is None or tensor.device.type != "cpu" or tensor.data_ptr() % alignment == 0:
+                    continue
+                if tensor.dtype == torch.uint8:  # GGUF blocks: expanded into fresh memory, never a matmul operand
                     continue
                 key = id(tensor)
                 if key not in copies:

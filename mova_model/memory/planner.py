@@ -25,8 +25,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .sizes import (DEFAULT_TFLOPS, GB, HOST_COPY_GBPS, RUNTIME_HOST_BYTES, Architecture, ModulePlan,
-                    PlanInputs, activation_bytes, execution_modules, host_vae_bytes, margin_bytes, vae_bytes)
+from .sizes import (DEFAULT_TFLOPS, GB, GGUF_VECTOR_BYTES, HOST_COPY_GBPS, RUNTIME_HOST_BYTES, Architecture,
+                    ModulePlan, PlanInputs, activation_bytes, execution_modules, host_vae_bytes, margin_bytes,
+                    vae_bytes)
 
 logger = logging.getLogger(__name__)
 
@@ -168,8 +169,31 @@ def simulate_pass(modules: Sequence[ModulePlan], depth: int, link_bps: float, fl
     return last_pass, sum(compute)
 
 
-def _stem_bytes(arch: Architecture) -> float:
-    return 2.0 * (arch.video.stem_params() + arch.audio.stem_params())
+def _stem_bytes(arch: Architecture, inputs: Optional[PlanInputs] = None) -> float:
+    """Bytes of both towers' embeddings, time MLPs and heads (resident next to streamed blocks)."""
+    if inputs is not None and inputs.stem_bytes is not None:
+        return float(inputs.stem_bytes)
+    per_param = GGUF_VECTOR_BYTES if inputs is not None and inputs.gguf_type is not None else 2.0
+    return per_param * (arch.video.stem_params() + arch.audio.stem_params())
+
+
+GGUF_DEQUANT_TRAFFIC_BYTES = 16.0
+"""Device memory traffic per weight of a GGUF dequantization (codes read and unpacked, float32 values written and
+scaled in place, the compute-dtype weight written): an estimate for the step time, to be measured on a GPU."""
+
+
+def dequant_scratch_bytes(arch: Architecture, inputs: PlanInputs) -> float:
+    """Device memory of expanding the largest matrix (the video FFN) before its matmul: fp8 -> bf16 (the cast
+    and the scaled copy, 4 bytes per weight); GGUF -> the compute-dtype weight plus one piece's float32 working
+    set (`gguf_dequant.CHUNK_WEIGHTS` x `SCRATCH_BYTES_PER_WEIGHT`); 0 when weights are used as stored."""
+    largest = float(arch.video.dim * arch.video.ffn_dim)
+    if inputs.weights == "fp8":
+        return 4.0 * largest
+    if inputs.gguf_type is not None:
+        from ..network.gguf_dequant import CHUNK_WEIGHTS, SCRATCH_BYTES_PER_WEIGHT
+
+        return inputs.compute_bytes * largest + min(largest, CHUNK_WEIGHTS) * SCRATCH_BYTES_PER_WEIGHT
+    return 0.0
 
 
 def _text_encoder_phase(arch: Architecture, vram: float) -> Tuple[str, float]:
@@ -243,8 +267,9 @@ def _plan_host(inputs: PlanInputs, arch: Architecture) -> MemoryPlan:
     margin = margin_bytes(inputs.ram_bytes)
     layer, other = arch.text_encoder_params()
     vae_weights = 4.0 * arch.vae_params
-    modules = [replace(m, resident=True) for m in execution_modules(arch, replace(inputs, weights="bf16"))]
-    dit_weights = float(sum(m.nbytes for m in modules) + _stem_bytes(arch))
+    stored = inputs if inputs.gguf_type is not None else replace(inputs, weights="bf16")
+    modules = [replace(m, resident=True) for m in execution_modules(arch, stored)]
+    dit_weights = float(sum(m.nbytes for m in modules) + _stem_bytes(arch, stored))
     latents = (4 + 2 * 16) * inputs.video_tokens * 4 * 4.0  # noise, condition, latents, velocity (float32)
     decoded = 3.0 * inputs.frames * inputs.width * inputs.height * 4
     phases = {
@@ -284,8 +309,8 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bo
     margin = margin_bytes(vram)
     base = [replace(m) for m in execution_modules(arch, inputs)]
     act = activation_bytes(arch, inputs)
-    dequant = 4.0 * arch.video.dim * arch.video.ffn_dim if fp8 else 0.0
-    fixed = _stem_bytes(arch) + act + dequant + margin
+    dequant = dequant_scratch_bytes(arch, inputs)
+    fixed = _stem_bytes(arch, inputs) + act + dequant + margin
     flops_per_s = inputs.tflops * 1e12 / max(1, inputs.guidance_batch)  # a batched pass computes B rows
     problems: List[str] = []
     notes: List[str] = []
@@ -316,8 +341,9 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bo
 
     resident_b = sum(m.nbytes for m in modules if m.resident)
     streamed_b = sum(m.nbytes for m in modules if not m.resident)
-    vram_denoise = {"embeddings+heads": _stem_bytes(arch), "resident blocks": float(resident_b),
-                    "stream slots": float(slots), "activations": act, "fp8 dequant": dequant, "reserve": margin}
+    vram_denoise = {"embeddings+heads": _stem_bytes(arch, inputs), "resident blocks": float(resident_b),
+                    "stream slots": float(slots), "activations": act,
+                    ("GGUF dequant" if inputs.gguf_type is not None else "fp8 dequant"): dequant, "reserve": margin}
 
     # text encoder phase and VAE phase (the DiTs are released / not yet loaded in those phases)
     te_mode, te_peak = _text_encoder_phase(arch, vram)
@@ -348,6 +374,8 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bo
     if fp8:
         dequant_s = sum(m.nbytes for m in modules) * 7.0 / (inputs.hbm_gbps * GB)
         pass_s += dequant_s
+    elif inputs.gguf_type is not None:
+        pass_s += sum(m.params for m in modules) * GGUF_DEQUANT_TRAFFIC_BYTES / (inputs.hbm_gbps * GB)
     passes = math.ceil(inputs.cfg_passes / max(1, inputs.guidance_batch))
     plan = MemoryPlan(
         inputs=inputs, fits=not problems, mode="cannot-fit" if problems and mode == "streamed" else mode,
@@ -435,7 +463,7 @@ VARIANT_SIZES = {"360p": (640, 352), "720p": (1280, 720)}
 
 
 def plan_cli(argv: Optional[Sequence[str]] = None) -> int:
-    """`plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8]`: print the plan.
+    """`plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8 | --weights gguf:Q4_K]`: the plan.
 
     Exit status 0 when the plan fits, 1 when it does not, 2 on bad arguments.
     """
@@ -447,6 +475,9 @@ def plan_cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--frames", type=int, default=193)
     parser.add_argument("--fps", type=float, default=24.0)
     parser.add_argument("--fp8", action="store_true", help="fp8 weights on the device")
+    parser.add_argument("--weights", default=None,
+                        help="weight storage: bf16, fp8 or gguf:TYPE (gguf:Q4_K, gguf:Q5_K, gguf:Q8_0, ...); with "
+                             "--checkpoint holding GGUF files, their measured sizes are used")
     parser.add_argument("--prequantized", action="store_true", help="the checkpoint folder is already fp8")
     parser.add_argument("--cfg-passes", type=int, default=2)
     parser.add_argument("--prefetch", type=int, default=None, help="prefetch depth (default: planner's choice)")
@@ -466,15 +497,26 @@ def plan_cli(argv: Optional[Sequence[str]] = None) -> int:
             sys.stderr.write(f"--size must look like 640x352, got {args.size!r}\n")
             return 2
     arch = None
+    weights = "fp8" if args.fp8 or args.prequantized else "bf16"
+    stored = "fp8" if args.prequantized else "bf16"
+    measured: dict = {}
+    if args.weights:
+        weights = args.weights if args.weights.startswith("gguf:") else args.weights.lower()
+        weights = "gguf:" + weights[5:].upper() if weights.startswith("gguf:") else weights
+        stored = "gguf" if weights.startswith("gguf:") else ("fp8" if weights == "fp8" and args.prequantized else "bf16")
     if args.checkpoint is not None:
         from ..checkpoint.configs import MovaConfigs
+        from .stored_sizes import stored_weights
         arch = Architecture.from_configs(MovaConfigs.from_folder(args.checkpoint))
+        found = stored_weights(args.checkpoint)
+        if found.stored == "gguf":
+            weights, stored = found.weights, found.stored
+            measured = {"bytes_per_param": found.bytes_per_param, "stem_bytes": found.stem_bytes}
     inputs = PlanInputs(vram_bytes=args.vram * GB, ram_bytes=args.ram * GB, width=width, height=height,
                         frames=args.frames, fps=args.fps, cfg_passes=args.cfg_passes,
-                        weights="fp8" if args.fp8 or args.prequantized else "bf16",
-                        stored="fp8" if args.prequantized else "bf16",
+                        weights=weights, stored=stored,
                         mode="resident" if args.resident else "budget", prefetch_depth=args.prefetch,
-                        pcie_gbps=args.pcie, tflops=args.tflops, variant=args.variant)
+                        pcie_gbps=args.pcie, tflops=args.tflops, variant=args.variant, **measured)
     try:
         plan = plan_memory(inputs, arch)
     except ValueError as exc:

@@ -1,4 +1,4 @@
-"""`python -m mova_model quantize SRC DST`: write an fp8 copy of a MOVA checkpoint folder.
+"""`python -m mova_model quantize SRC DST`: write an fp8 (or, with `--format gguf`, a GGUF) copy of a MOVA checkpoint.
 
 The copy has the official folder layout, so it loads like any checkpoint (`MovaCheckpoint.open(DST)`):
 in the quantized components (`fp8.FP8_COMPONENTS` by default: both video experts, the audio DiT and the
@@ -10,6 +10,9 @@ copied, unchanged.
 
 Files are written tensor by tensor (the safetensors header is computed from the shapes first), so the
 peak memory is one tensor, not one shard. The output goes to `DST.partial` and is renamed when complete.
+
+`--format gguf --type Q8_0` (`gguf_quantize`): each chosen component becomes one `<component>.gguf` file of that
+type (the community's keep-high-precision tensors stay as stored), everything else is linked or copied as above.
 """
 
 from __future__ import annotations
@@ -39,20 +42,28 @@ _DTYPE_NAMES = {torch.float64: "F64", torch.float32: "F32", torch.float16: "F16"
 
 @dataclass
 class ComponentReport:
-    """What happened to one component folder. Sizes in bytes."""
+    """What happened to one component folder. Sizes in bytes; `types`: GGUF tensors per type."""
 
     name: str
     quantized: int = 0
     kept: int = 0
     bytes_in: int = 0
     bytes_out: int = 0
+    types: Dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
 class QuantizeReport:
     components: List[ComponentReport] = field(default_factory=list)
+    format_name: str = "fp8"
 
     def format(self) -> str:
+        if self.format_name == "gguf":
+            lines = ["component            GB in   GB out  GGUF tensors per type"]
+            for c in self.components:
+                types = ", ".join(f"{t} {n}" for t, n in sorted(c.types.items()))
+                lines.append(f"{c.name:<20} {c.bytes_in / 1e9:6.2f} {c.bytes_out / 1e9:8.2f}  {types}")
+            return "\n".join(lines)
         lines = ["component            matrices fp8   kept    GB in   GB out"]
         for c in self.components:
             lines.append(f"{c.name:<20} {c.quantized:>12} {c.kept:>6} {c.bytes_in / 1e9:8.2f} {c.bytes_out / 1e9:8.2f}")
@@ -171,12 +182,48 @@ def _quantize_component(src: Path, dst: Path, report: ComponentReport) -> None:
         (dst / index.name).write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
 
 
+def _gguf_component(src: Path, dst: Path, report: ComponentReport, target: str, progress) -> None:
+    """One component folder as `<component>.gguf` + its other files (config.json, ...), safetensors dropped."""
+    from .gguf_quantize import write_gguf_component
+
+    dst.mkdir(parents=True, exist_ok=True)
+    for path in sorted(src.iterdir()):
+        if path.suffix == ".safetensors" or path.name.endswith(".safetensors.index.json"):
+            continue
+        if path.is_dir():
+            shutil.copytree(path, dst / path.name)
+        else:
+            shutil.copy2(path, dst / path.name)
+    store = _source_store(src, report.name)
+    report.types, report.bytes_out = write_gguf_component(store, dst / f"{report.name}.gguf", report.name, target,
+                                                          progress)
+    report.bytes_in = sum(p.stat().st_size for p in store.files)
+
+
+def _source_store(folder: Path, component: str):
+    from ..checkpoint.weights import SafetensorsStore
+
+    if any(folder.glob("*.gguf")):
+        raise ValueError(f"{folder} already holds a GGUF file: quantize from a safetensors checkpoint")
+    return SafetensorsStore(folder, component).check()
+
+
 def quantize_checkpoint(src: Path, dst: Path, components: Sequence[str] = FP8_COMPONENTS,
-                        overwrite: bool = False) -> QuantizeReport:
-    """Write the fp8 copy of checkpoint folder `src` to `dst` (see the module docstring)."""
+                        overwrite: bool = False, format_name: str = "fp8", gguf_type: str = "Q8_0",
+                        progress: bool = False) -> QuantizeReport:
+    """Write the fp8 (`format_name="fp8"`) or GGUF (`"gguf"`, of `gguf_type`) copy of checkpoint folder `src` to
+    `dst` (see the module docstring). `progress`: a progress line on stderr (GGUF)."""
     from ..checkpoint.configs import MovaConfigs
 
     src, dst = Path(src), Path(dst)
+    if format_name not in ("fp8", "gguf"):
+        raise ValueError(f"--format must be fp8 or gguf, got {format_name!r}")
+    if format_name == "gguf":
+        from .gguf_quantize import WRITABLE_TYPES
+
+        if gguf_type not in WRITABLE_TYPES:
+            raise ValueError(f"--type {gguf_type} cannot be written here; choose one of {', '.join(WRITABLE_TYPES)} "
+                             "(K-quants such as Q4_K are made with llama.cpp's quantizer: see the README's GGUF section)")
     MovaConfigs.from_folder(src)  # a MOVA folder with readable configs, or a ConfigError naming the problem
     if src.resolve() == dst.resolve():
         raise ValueError("DST must differ from SRC")
@@ -188,13 +235,22 @@ def quantize_checkpoint(src: Path, dst: Path, components: Sequence[str] = FP8_CO
     if partial.exists():
         shutil.rmtree(partial)
     partial.mkdir(parents=True)
-    report = QuantizeReport()
+    report = QuantizeReport(format_name=format_name)
+    bar = None
+    if format_name == "gguf" and progress:
+        from .gguf_quantize import Progress, gguf_numel
+
+        total = sum(gguf_numel(_source_store(src / c, c)) for c in components if (src / c).is_dir())
+        bar = Progress(total, f"GGUF {gguf_type}")
     try:
         for entry in sorted(src.iterdir()):
             target = partial / entry.name
             if entry.is_dir() and entry.name in components:
                 component = ComponentReport(entry.name)
-                _quantize_component(entry, target, component)
+                if format_name == "gguf":
+                    _gguf_component(entry, target, component, gguf_type, bar)
+                else:
+                    _quantize_component(entry, target, component)
                 report.components.append(component)
             elif entry.is_dir():
                 shutil.copytree(entry, target, copy_function=_link_or_copy)
@@ -204,25 +260,32 @@ def quantize_checkpoint(src: Path, dst: Path, components: Sequence[str] = FP8_CO
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
-    logger.info("wrote fp8 checkpoint %s\n%s", dst, report.format())
+    logger.info("wrote %s checkpoint %s\n%s", format_name if format_name == "fp8" else f"GGUF {gguf_type}", dst,
+                report.format())
     return report
 
 
 def quantize_cli(argv: Optional[Sequence[str]] = None) -> int:
     """`quantize SRC DST [--components ...] [--overwrite]`. Exit 0 on success, 1 on a refused input."""
     parser = argparse.ArgumentParser(prog="python -m mova_model quantize",
-                                     description="Write an fp8 (e4m3fn, per-tensor scale) copy of a MOVA checkpoint folder.")
+                                     description="Write an fp8 (e4m3fn, per-tensor scale) or GGUF copy of a MOVA "
+                                                 "checkpoint folder.")
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     parser.add_argument("--components", nargs="+", default=list(FP8_COMPONENTS),
                         help=f"component folders to quantize (default: {' '.join(FP8_COMPONENTS)})")
+    parser.add_argument("--format", dest="format_name", choices=("fp8", "gguf"), default="fp8",
+                        help="fp8: safetensors with fp8 matrices; gguf: one .gguf file per component")
+    parser.add_argument("--type", dest="gguf_type", default="Q8_0",
+                        help="GGUF type of the matrices: Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, F16 or BF16 (default Q8_0)")
     parser.add_argument("--overwrite", action="store_true")
     try:
         args = parser.parse_args(list(argv or []))
     except SystemExit as exc:
         return int(exc.code or 0)
     try:
-        report = quantize_checkpoint(args.src, args.dst, args.components, args.overwrite)
+        report = quantize_checkpoint(args.src, args.dst, args.components, args.overwrite, args.format_name,
+                                     args.gguf_type.upper(), progress=True)
     except (ValueError, FileExistsError, OSError) as exc:
         sys.stderr.write(f"quantize: {exc}\n")
         return 1
@@ -231,11 +294,15 @@ def quantize_cli(argv: Optional[Sequence[str]] = None) -> int:
 
 
 def stored_format(folder: Path, component: str = "video_dit") -> str:
-    """"fp8" when `folder/component` stores F8_E4M3 matrices (a pre-quantized checkpoint), else "bf16".
+    """"fp8" when `folder/component` stores F8_E4M3 matrices (a pre-quantized checkpoint), "gguf" when it is a
+    GGUF file, else "bf16".
 
-    Reads safetensors headers only; what `planner.PlanInputs.stored` expects.
+    Reads headers only; what `planner.PlanInputs.stored` expects.
     """
+    from ..checkpoint.gguf_store import weight_format
     from ..checkpoint.weights import SafetensorsStore
 
+    if weight_format(Path(folder) / component) == "gguf":
+        return "gguf"
     store = SafetensorsStore(Path(folder) / component, component)
     return "fp8" if any(info.dtype == "F8_E4M3" for info in store.tensors.values()) else "bf16"

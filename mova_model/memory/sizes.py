@@ -181,8 +181,8 @@ class PlanInputs:
     frames: int = 193
     fps: float = 24.0
     cfg_passes: int = 2
-    weights: str = "bf16"  # storage on the device: "bf16" or "fp8"
-    stored: str = "bf16"  # storage on disk: "bf16" or "fp8" (pre-quantized folder)
+    weights: str = "bf16"  # storage on the device: "bf16", "fp8" or "gguf:<TYPE>" (e.g. "gguf:Q4_K")
+    stored: str = "bf16"  # storage on disk: "bf16", "fp8" (pre-quantized folder) or "gguf"
     mode: str = "auto"  # "auto" (free VRAM), "budget" (user VRAM budget), "resident" (all resident or fail)
     prefetch_depth: Optional[int] = None  # None: chosen by the planner
     pcie_gbps: float = 25.0
@@ -194,10 +194,27 @@ class PlanInputs:
     device: str = "cuda"  # "cuda": plan VRAM (and host RAM for streaming); "cpu": everything in host RAM
     compute_bytes: int = 2  # element size of the compute dtype (2: bf16/fp16, 4: float32)
     guidance_batch: int = 1  # guidance branches run together in one batched pass (sampling/branch_runner.py)
+    bytes_per_param: Tuple[Tuple[str, float], ...] = ()
+    """Measured stored bytes per parameter of the streamed modules, per kind ("video", "audio", "a2v", "v2a"),
+    for components read from GGUF files (`memory.stored_sizes`); other kinds follow `weights`."""
+    stem_bytes: Optional[float] = None
+    """Measured bytes of the towers' embeddings, time MLPs and heads (None: 2 bytes per parameter, or 4 for
+    `gguf:` weights, whose community files keep them in F32)."""
+
+    @property
+    def gguf_type(self) -> Optional[str]:
+        """The GGUF type of `weights` ("Q4_K" for "gguf:Q4_K"), or None for bf16/fp8."""
+        return self.weights[len("gguf:"):] if self.weights.startswith("gguf:") else None
 
     def validate(self) -> None:
-        if self.weights not in ("bf16", "fp8") or self.stored not in ("bf16", "fp8"):
-            raise ValueError("weights and stored must be 'bf16' or 'fp8'")
+        from ..network.gguf_dequant import GGUF_QUANT_SIZES
+
+        gguf = self.gguf_type
+        if gguf is not None and gguf not in GGUF_QUANT_SIZES and not dict(self.bytes_per_param).get("video"):
+            raise ValueError(f"weights gguf:{gguf}: the GGUF type must be one of {', '.join(GGUF_QUANT_SIZES)}")
+        if (self.weights not in ("bf16", "fp8") and gguf is None) or self.stored not in ("bf16", "fp8", "gguf"):
+            raise ValueError("weights must be 'bf16', 'fp8' or 'gguf:<TYPE>' (e.g. gguf:Q4_K) and stored 'bf16', "
+                             "'fp8' or 'gguf'")
         if self.mode not in ("auto", "budget", "resident"):
             raise ValueError(f"mode must be auto, budget or resident, got {self.mode!r}")
         if self.width % 16 or self.height % 16 or (self.frames - 1) % 4:
@@ -221,13 +238,15 @@ class PlanInputs:
 
 @dataclass
 class ModulePlan:
-    """One executor-called module: name (as `module_tags` spells it), kind, bytes on the device, FLOPs per pass."""
+    """One executor-called module: name (as `module_tags` spells it), kind, bytes on the device, FLOPs per pass,
+    parameters."""
 
     name: str
     kind: str
     nbytes: int
     flops: float
     resident: bool = False
+    params: int = 0
 
 
 def _bytes(matrix: int, vector: int, matrices: int, tensors: int, fp8: bool) -> int:
@@ -236,36 +255,52 @@ def _bytes(matrix: int, vector: int, matrices: int, tensors: int, fp8: bool) -> 
     return 2 * (matrix + vector) + ALIGN * tensors
 
 
+GGUF_VECTOR_BYTES = 4
+"""Bytes per parameter of the vectors (norms, biases, modulation) in a GGUF file: the community keeps them F32."""
+
+
+def module_bytes(kind: str, matrix: int, vector: int, matrices: int, tensors: int, inputs: PlanInputs) -> int:
+    """Device bytes of one streamed module of `kind` under `inputs.weights` (measured GGUF sizes first)."""
+    measured = dict(inputs.bytes_per_param).get(kind)
+    if measured:
+        return int(math.ceil((matrix + vector) * measured)) + ALIGN * tensors
+    if inputs.gguf_type is not None:
+        from ..network.gguf_dequant import bytes_per_weight
+
+        return int(math.ceil(matrix * bytes_per_weight(inputs.gguf_type))) + GGUF_VECTOR_BYTES * vector + ALIGN * tensors
+    return _bytes(matrix, vector, matrices, tensors, inputs.weights == "fp8")
+
+
 def execution_modules(arch: Architecture, inputs: PlanInputs) -> List[ModulePlan]:
     """The modules `denoiser.execution_order` yields, in call order, with device bytes and FLOPs per pass."""
-    fp8 = inputs.weights == "fp8"
     n, na, txt = inputs.video_tokens, inputs.audio_tokens(arch), TEXT_TOKENS
     out: List[ModulePlan] = []
 
-    def block(tower: TowerShape, tokens: int) -> Tuple[int, float]:
+    def block(tower: TowerShape, tokens: int, kind: str) -> Tuple[int, float, int]:
         m, v, k = tower.block_params()
         d, f = tower.dim, tower.ffn_dim
         flops = 2 * tokens * (6 * d * d + 2 * d * f) + 2 * txt * 2 * d * d + 4 * tokens * tokens * d + 4 * tokens * txt * d
-        return _bytes(m, v, k, 27, fp8), flops
+        return module_bytes(kind, m, v, k, 27, inputs), flops, m + v
 
-    vb, vf = block(arch.video, n)
-    ab, af = block(arch.audio, na)
+    vb, vf, vp = block(arch.video, n, "video")
+    ab, af, ap = block(arch.audio, na, "audio")
     cond = arch.bridge_params()
     dv, da = arch.video.dim, arch.audio.dim
-    a2v_b = _bytes(*cond["a2v"], 12, fp8)
-    v2a_b = _bytes(*cond["v2a"], 12, fp8)
+    a2v_b = module_bytes("a2v", *cond["a2v"], 12, inputs)
+    v2a_b = module_bytes("v2a", *cond["v2a"], 12, inputs)
+    a2v_p, v2a_p = cond["a2v"][0] + cond["a2v"][1], cond["v2a"][0] + cond["v2a"][1]
     a2v_f = 2 * n * 2 * dv * dv + 2 * na * 2 * dv * da + 4 * n * na * dv
     v2a_f = 2 * na * 2 * da * da + 2 * n * 2 * da * dv + 4 * na * n * da
     shared = min(arch.video.num_layers, arch.audio.num_layers)
     layers = set(arch.bridge_layers)
     for i in range(shared):
         if i in layers:
-            out.append(ModulePlan(f"dual_tower_bridge.audio_to_video_conditioners.{i}", "a2v", a2v_b, a2v_f))
-            out.append(ModulePlan(f"dual_tower_bridge.video_to_audio_conditioners.{i}", "v2a", v2a_b, v2a_f))
-        out.append(ModulePlan(f"video_dit.blocks.{i}", "video", vb, vf))
-        out.append(ModulePlan(f"audio_dit.blocks.{i}", "audio", ab, af))
+            out.append(ModulePlan(f"dual_tower_bridge.audio_to_video_conditioners.{i}", "a2v", a2v_b, a2v_f, params=a2v_p))
+            out.append(ModulePlan(f"dual_tower_bridge.video_to_audio_conditioners.{i}", "v2a", v2a_b, v2a_f, params=v2a_p))
+        out.append(ModulePlan(f"video_dit.blocks.{i}", "video", vb, vf, params=vp))
+        out.append(ModulePlan(f"audio_dit.blocks.{i}", "audio", ab, af, params=ap))
     for i in range(shared, arch.video.num_layers):
-        out.append(ModulePlan(f"video_dit.blocks.{i}", "video", vb, vf))
+        out.append(ModulePlan(f"video_dit.blocks.{i}", "video", vb, vf, params=vp))
     return out
 
 

@@ -35,7 +35,7 @@ from torch import nn
 from .dit_block import Modulated
 from .lora_formats import Resolved, most_common_rank, report, resolve
 from .lora_names import ComponentIndex, LoraError, describe_layer  # noqa: F401  (LoraError: imported from here)
-from .ops import CastLinear, CastMixin, LoraAdapter, WeightDelta
+from .ops import CastLinear, CastMixin, LoraAdapter, WeightDelta, weight_shape
 
 logger = logging.getLogger(__name__)
 
@@ -369,14 +369,16 @@ class LoraPatchSet:
                     raise LoraError(
                         f"{source}: {component}.{module_path} is {layer.in_features}->{layer.out_features}, "
                         f"the LoRA pair is {down.shape[1]}->{up.shape[0]}: this LoRA was trained for another model size")
-                if not _conv_pair_fits(layer.weight.shape, down, up):
+                if not _conv_pair_fits(torch.Size(weight_shape(layer)), down, up):
                     raise LoraError(f"{source}: {component}.{module_path} is a {describe_layer(layer)}; the LoRA pair "
                                     f"{list(down.shape)} / {list(up.shape)} does not fit it")
             for param_path, (tensor, _) in patch.weights.deltas.get(component, {}).items():
                 owner, leaf = _owner(module, component, param_path, source)
                 param = owner._parameters.get(leaf)
-                if param is None or tuple(param.shape) != tuple(tensor.shape):
-                    found = "no such parameter" if param is None else f"{list(param.shape)}"
+                # a GGUF layer's weight holds uint8 blocks: compare the delta with its logical shape
+                shape = None if param is None else (weight_shape(owner) if leaf == "weight" else tuple(param.shape))
+                if shape is None or shape != tuple(tensor.shape):
+                    found = "no such parameter" if shape is None else f"{list(shape)}"
                     raise LoraError(f"{source}: {component}.{param_path} is {found}, the delta is {list(tensor.shape)}")
 
     def apply(self, component: str, module: nn.Module) -> int:
@@ -417,7 +419,7 @@ def _layer(module: nn.Module, component: str, module_path: str, source: str) -> 
         layer = module.get_submodule(module_path)
     except AttributeError:
         layer = None
-    if isinstance(layer, CastLinear) or (isinstance(layer, CastMixin) and layer.weight is not None and layer.weight.dim() > 2):
+    if isinstance(layer, CastLinear) or (isinstance(layer, CastMixin) and layer.weight is not None and len(weight_shape(layer)) > 2):
         return layer
     raise LoraError(f"{source}: {component}.{module_path} is not a Linear layer of this MOVA {component}")
 

@@ -4,11 +4,12 @@ Model code never instantiates `torch.nn.Linear` & co. directly; it asks an `Oper
 three decisions outside the model code (the idea of ComfyUI's `comfy/ops.py`):
 
 1. **Storage.** Parameters keep the dtype and device they were loaded with (memory-mapped bf16/fp32 from the
-   user's safetensors, or fp8 e4m3fn with a per-tensor scale). Layers are created on the `meta` device, so
-   building a 14B expert allocates nothing until weights are assigned.
+   user's safetensors, fp8 e4m3fn with a per-tensor scale, or the raw uint8 blocks of a GGUF quantized type,
+   see `set_gguf_weight`). Layers are created on the `meta` device, so building a 14B expert allocates
+   nothing until weights are assigned.
 2. **Casting.** At forward each layer casts its weight and bias to the dtype and device of its input
-   (`cast_weight`), dequantizing fp8 on the way. The model decides the compute dtype by the dtype of the
-   activations it feeds in.
+   (`cast_weight`), dequantizing fp8 or GGUF blocks on the way, on the compute device, just before the
+   matmul. The model decides the compute dtype by the dtype of the activations it feeds in.
 3. **Patches.** LoRA adapters are attached to layers (`CastLinear.adapters`) and added as a separate low-rank
    term at forward, the way the official trainer's `LoRALinear` does (`W x + b + B(A x)·scaling`); full-size
    deltas (ComfyUI's `.diff` / `.diff_b`, a low-rank pair on a convolution) are attached as `deltas` and added
@@ -29,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .fp8_matmul import fp8_matmul_active, scaled_linear
+from .gguf_dequant import GGUF_QUANT_SIZES, dequantize
 
 FP8_DTYPE = torch.float8_e4m3fn
 """Storage dtype of fp8 weights (e4m3fn, per-tensor scale stored beside the weight as `<name>_scale`)."""
@@ -94,16 +96,25 @@ def cast_tensor(tensor: Optional[torch.Tensor], dtype: torch.dtype, device: torc
 
 
 class CastMixin:
-    """Casts the layer's parameters to the input's dtype/device at forward (fp8 aware), plus attached deltas."""
+    """Casts the layer's parameters to the input's dtype/device at forward (fp8 and GGUF aware), plus attached deltas.
+
+    `gguf_type` / `gguf_shape`: set on layers whose `weight` holds GGUF quantized blocks (`set_gguf_weight`).
+    """
 
     weight: torch.Tensor
     bias: Optional[torch.Tensor]
+    gguf_type: Optional[str] = None
+    gguf_shape: Optional[Tuple[int, ...]] = None
     deltas: Tuple[WeightDelta, ...] = ()
     """Attached by `mova_model.network.lora.LoraPatchSet` while a pipeline samples; empty otherwise."""
 
     def cast_weight(self, like: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        scale = getattr(self, "weight_scale", None)
-        weight = cast_tensor(self.weight, like.dtype, like.device, scale)
+        if self.gguf_type is not None:
+            # the quantized bytes move (a no-op when streamed or resident there), then expand on that device
+            raw = self.weight.to(device=like.device, non_blocking=True)
+            weight = dequantize(raw, self.gguf_type, self.gguf_shape, like.dtype)
+        else:
+            weight = cast_tensor(self.weight, like.dtype, like.device, getattr(self, "weight_scale", None))
         bias = cast_tensor(getattr(self, "bias", None), like.dtype, like.device)
         if self.deltas:
             weight, bias = add_deltas(weight, self.deltas, "weight"), add_deltas(bias, self.deltas, "bias")
@@ -165,6 +176,29 @@ class CastRMSNorm(CastMixin, nn.RMSNorm):
         if self.deltas:
             weight = add_deltas(weight, self.deltas, "weight")
         return F.rms_norm(x, self.normalized_shape, weight, self.eps)
+
+
+def set_gguf_weight(layer: nn.Module, qtype: str, shape: Tuple[int, ...], raw: torch.Tensor) -> None:
+    """Make `layer` (an operations-built Linear or Conv) hold its weight as GGUF quantized blocks.
+
+    qtype: a key of `gguf_dequant.GGUF_QUANT_SIZES`; shape: the weight's logical shape (`[out, in]`,
+    `[out, in, t, h, w]`); raw: the stored bytes, uint8 (on the meta device to prepare a module for
+    `load_state_dict(assign=True)`, or real bytes). The layer dequantizes them at every forward.
+    """
+    if not isinstance(layer, CastMixin):
+        raise TypeError(f"{type(layer).__name__} is not an operations-built layer; it cannot hold GGUF blocks")
+    if qtype not in GGUF_QUANT_SIZES or raw.dtype != torch.uint8:
+        raise ValueError(f"GGUF weights are uint8 blocks of {', '.join(GGUF_QUANT_SIZES)}, got {qtype} {raw.dtype}")
+    layer.weight = nn.Parameter(raw, requires_grad=False)
+    layer.gguf_type = qtype
+    layer.gguf_shape = tuple(int(s) for s in shape)
+
+
+def weight_shape(layer: nn.Module) -> Tuple[int, ...]:
+    """The logical shape of a layer's weight: `gguf_shape` for GGUF blocks (whose uint8 tensor has the byte
+    shape), else `weight.shape`. What shape checks against a layer (LoRA pairs, deltas) must compare with."""
+    shape = getattr(layer, "gguf_shape", None)
+    return tuple(shape) if shape is not None else tuple(layer.weight.shape)
 
 
 class Operations:

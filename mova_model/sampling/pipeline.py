@@ -170,10 +170,16 @@ class MovaPipeline:
         options = self.memory
         ram_bytes = float(options.ram_budget_gb) * GB if options.ram_budget_gb else available_ram_bytes()
         stored = stored_format(self.checkpoint.root)
+        weights = "fp8" if options.weights == "fp8" or stored == "fp8" else "bf16"
+        measured: dict = {}
+        if stored == "gguf":  # the sizes the GGUF files hold (types mixed per tensor), from their headers
+            found = self.stored_weights()
+            weights = found.weights
+            measured = {"bytes_per_param": found.bytes_per_param, "stem_bytes": found.stem_bytes}
         inputs = PlanInputs(vram_bytes=1.0, ram_bytes=max(ram_bytes, 1.0), width=width, height=height,
                             frames=num_frames, fps=video_fps, cfg_passes=cfg_passes, steps=steps,
-                            weights="fp8" if options.weights == "fp8" or stored == "fp8" else "bf16", stored=stored,
-                            mode=options.mode, prefetch_depth=options.prefetch_depth, guidance_batch=guidance_batch)
+                            weights=weights, stored=stored, mode=options.mode, prefetch_depth=options.prefetch_depth,
+                            guidance_batch=guidance_batch, **measured)
         arch = Architecture.from_configs(self.configs)
         if device == "cpu" or (device is None and self.device.type != "cuda" and vram_bytes is None
                                and options.mode != "budget"):
@@ -192,6 +198,13 @@ class MovaPipeline:
                 vram_bytes = free_vram_bytes(self.device)
         inputs = replace(inputs, vram_bytes=max(float(vram_bytes), 1.0))
         return plan_memory(inputs, arch)
+
+    def stored_weights(self):
+        """`memory.stored_sizes.StoredWeights` of this checkpoint: which DiT components are GGUF, of which types,
+        and the sizes the planner uses for them (headers only)."""
+        from ..memory.stored_sizes import GGUF_COMPONENTS, stored_weights
+
+        return stored_weights(self.checkpoint.root, {c: self.checkpoint.store(c) for c in GGUF_COMPONENTS})
 
     def require_fit(self, width: int, height: int, num_frames: int, video_fps: float, cfg_passes: int = 2,
                     steps: int = 50, phase: Optional[str] = None, guidance_batch: int = 1):
