@@ -11,6 +11,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ..mova_model.network.lora import LoraPatch, load_lora
+from ..mova_model.training.files import is_state_file
 from .combos import check_combos
 from .types import MovaModel, handle_of
 
@@ -18,9 +19,11 @@ LORA_EXTENSIONS = (".pt", ".pth", ".safetensors")
 
 
 def lora_files() -> list:
-    """LoRA files in models/loras (a `lora_config.pt` is the companion of a `lora_weights.pt`, not a LoRA)."""
+    """LoRA files in models/loras (a `lora_config.pt` is the companion of a `lora_weights.pt`, not a LoRA; nor is
+    a training state, `<stem>.state.safetensors` as earlier versions named it)."""
     return [name for name in folder_paths.get_filename_list("loras")
-            if name.lower().endswith(LORA_EXTENSIONS) and not name.lower().endswith("lora_config.pt")]
+            if name.lower().endswith(LORA_EXTENSIONS) and not name.lower().endswith("lora_config.pt")
+            and not is_state_file(name)]
 
 
 class MovaLoraLoader(io.ComfyNode):
