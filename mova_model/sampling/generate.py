@@ -260,7 +260,7 @@ def generate_cli(argv: Optional[Sequence[str]] = None) -> int:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left
-        sys.stderr.write("interrupted (Ctrl-C); nothing was written\n")
+        sys.stderr.write("interrupted (Ctrl-C); no partial file was left\n")
         return 128 + 2
     sys.stdout.write(f"{path}\n")
     return 0

@@ -116,3 +116,35 @@ def test_a_10_mb_caption_costs_no_memory(tiny_checkpoint_dir, tmp_path, repo_roo
     print(f"\npeak RSS with a 10 MB caption: {peak_gb:.2f} GB")
     assert "caption clip.txt is 10,000,000 bytes; only its first 32,768 characters are read" in stderr
     assert peak_gb < 1.0, f"peak RSS {peak_gb:.2f} GB: the caption was tokenized whole (about 0.5 GB without it)"
+
+
+def test_a_non_finite_loss_is_one_line_naming_the_step_and_the_learning_rate(tiny_checkpoint_dir, clip_dataset,
+                                                                             encode_cache, tmp_path, monkeypatch,
+                                                                             capsys):
+    """Issue 17, item 6: a diverging run (here the second step's loss made NaN) used to end in a traceback."""
+    import dataclasses
+
+    from mova_model.__main__ import main
+    from mova_model.training.models import TrainingModels
+
+    original, calls = TrainingModels.step, []
+
+    def diverging(self, *args, grad=True, **kwargs):
+        result = original(self, *args, grad=grad, **kwargs)
+        if grad:
+            calls.append(1)
+            if len(calls) == 2:
+                return dataclasses.replace(result, loss=result.loss * float("nan"))
+        return result
+
+    monkeypatch.setattr(TrainingModels, "step", diverging)
+    out = tmp_path / "lora.safetensors"
+    code = main(["train", str(tiny_checkpoint_dir), str(clip_dataset), "--out", str(out), "--steps", "4",
+                 "--cache-dir", str(encode_cache), "--warmup-steps", "0", *GEOMETRY])
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "Traceback" not in err, err[-2000:]
+    assert re.fullmatch(r"error: step 2: the loss is not finite \(nan\) at learning rate 0\.000\d+; lower the learning "
+                        r"rate \(or raise the warm-up steps\) and train again; the LoRA of step 1 is saved in "
+                        + re.escape(str(out)), errors[0]), errors[0]
+    assert read_lora_metadata(out)["steps"] == "1"
