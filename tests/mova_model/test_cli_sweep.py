@@ -5,6 +5,7 @@ The table runs in-process through `python -m mova_model`'s `main()` (a subproces
 of imports each); a few cases also run as real subprocesses, where stderr must be that one line.
 """
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -118,8 +119,13 @@ def place(tmp_path, dataset, tiny_checkpoint_dir, monkeypatch):
     (tmp_path / "latin1").mkdir()
     write_clip(tmp_path / "latin1" / "clip.mp4", caption=None)
     (tmp_path / "latin1" / "clip.txt").write_bytes("café au lait".encode("latin-1"))
-    with read_only_folder(tmp_path / "readonly"):
-        yield lambda text: text.replace("{tmp}", str(tmp_path)).replace("{readonly}", str(tmp_path / "readonly"))
+    def fill(text: str) -> str:
+        if "{readonly}" in text:  # only these cases need (and may skip for want of) a read-only folder
+            stack.enter_context(read_only_folder(tmp_path / "readonly"))
+        return text.replace("{tmp}", str(tmp_path)).replace("{readonly}", str(tmp_path / "readonly"))
+
+    with contextlib.ExitStack() as stack:
+        yield fill
 
 
 def snapshot(*roots: Path) -> dict:
