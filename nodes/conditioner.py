@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from comfy_api.latest import io
 
+from ..mova_model import bounds
 from ..mova_model.sampling.pipeline import OFFICIAL_NEGATIVE_PROMPT, validate_geometry
 from .types import MovaConditioning, MovaModel, handle_of
 
@@ -67,10 +68,10 @@ class MovaTextImageConditioner(io.ComfyNode):
                                 tooltip="What happens and what is heard; quote spoken lines exactly."),
                 io.String.Input("negative_prompt", multiline=True, default=OFFICIAL_NEGATIVE_PROMPT,
                                 tooltip="Default: the official script's negative prompt."),
-                io.Int.Input("width", default=640, min=16, max=4096, step=16, tooltip="Pixels; a multiple of 16."),
-                io.Int.Input("height", default=352, min=16, max=4096, step=16, tooltip="Pixels; a multiple of 16."),
-                io.Int.Input("frames", default=193, min=1, max=1025, step=4, tooltip="Frame count, 4k+1 (193 = 8 s at 24 fps)."),
-                io.Float.Input("fps", default=24.0, min=0.0, max=120.0, step=0.5, tooltip="Frames per second (> 0)."),
+                io.Int.Input("width", default=640, step=16, **bounds.WIDTH.widget(), tooltip="Pixels; a multiple of 16."),
+                io.Int.Input("height", default=352, step=16, **bounds.HEIGHT.widget(), tooltip="Pixels; a multiple of 16."),
+                io.Int.Input("frames", default=193, step=4, **bounds.FRAMES.widget(), tooltip="Frame count, 4k+1 (193 = 8 s at 24 fps)."),
+                io.Float.Input("fps", default=24.0, step=0.5, **bounds.FPS.widget(), tooltip="Frames per second (> 0)."),
                 io.Image.Input("image", optional=True, tooltip="The first frame. Leave unconnected for text-only (T2VA)."),
                 io.Image.Input("last_image", optional=True,
                                tooltip="The last frame (first + last = the official last_image condition). "

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from comfy_api.latest import io
 
+from ..mova_model import bounds
 from ..mova_model.sampling.continuation import extend
 from ..mova_model.sampling.guidance import GuidanceConfig
 from ..mova_model.sampling.sampler import HOLD_MODES
@@ -38,10 +39,10 @@ class MovaExtend(io.ComfyNode):
                              tooltip="Frames shared with the previous clip, 4m+1 (25 = about 1 s at 24 fps), "
                                      "shorter than both clips."),
                 io.Combo.Input("hold_mode", options=list(HOLD_MODES), default="clean", tooltip=HOLD_TOOLTIP),
-                io.Int.Input("seed", default=43, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=43, control_after_generate=True, **bounds.SEED.widget(),
                              tooltip="This segment's seed (give each segment its own)."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps (official: 50)."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=30.0, step=0.1,
+                io.Int.Input("steps", default=50, **bounds.STEPS.widget(), tooltip="Denoising steps (official: 50)."),
+                io.Float.Input("cfg", default=5.0, step=0.1, **bounds.CFG.widget(),
                                tooltip="Text CFG scale. Ignored when a guidance input is connected."),
                 MovaGuidance.Input("guidance", optional=True, tooltip="The same MOVA Guidance as the first segment."),
             ],

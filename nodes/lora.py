@@ -12,7 +12,9 @@ import dataclasses
 import folder_paths
 from comfy_api.latest import io
 
+from ..mova_model import bounds
 from ..mova_model.network.lora import EXPERTS, LoraPatch
+from ..mova_model.training.files import is_state_file
 from .combos import check_combos
 from .types import MovaModel, handle_of
 
@@ -20,9 +22,11 @@ LORA_EXTENSIONS = (".pt", ".pth", ".safetensors")
 
 
 def lora_files() -> list:
-    """LoRA files in models/loras (a `lora_config.pt` is the companion of a `lora_weights.pt`, not a LoRA)."""
+    """LoRA files in models/loras (a `lora_config.pt` is the companion of a `lora_weights.pt`, not a LoRA; nor is
+    a training state, `<stem>.state.safetensors` as earlier versions named it)."""
     return [name for name in folder_paths.get_filename_list("loras")
-            if name.lower().endswith(LORA_EXTENSIONS) and not name.lower().endswith("lora_config.pt")]
+            if name.lower().endswith(LORA_EXTENSIONS) and not name.lower().endswith("lora_config.pt")
+            and not is_state_file(name)]
 
 
 class MovaLoraLoader(io.ComfyNode):
@@ -39,14 +43,14 @@ class MovaLoraLoader(io.ComfyNode):
             inputs=[
                 MovaModel.Input("model"),
                 io.Combo.Input("lora_name", options=lora_files(), tooltip="A file in models/loras."),
-                io.Float.Input("strength", default=1.0, min=-10.0, max=10.0, step=0.05,
+                io.Float.Input("strength", default=1.0, **bounds.LORA_STRENGTH.widget(), step=0.05,
                                tooltip="Multiplies alpha/rank (the official lora_scale; 1 per layer for Wan files "
                                        "without .alpha) and every .diff delta."),
-                io.Float.Input("video_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                io.Float.Input("video_strength", default=1.0, **bounds.LORA_STRENGTH.widget(), step=0.05, optional=True,
                                tooltip="Extra factor for both video experts."),
-                io.Float.Input("audio_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                io.Float.Input("audio_strength", default=1.0, **bounds.LORA_STRENGTH.widget(), step=0.05, optional=True,
                                tooltip="Extra factor for the audio DiT."),
-                io.Float.Input("bridge_strength", default=1.0, min=-10.0, max=10.0, step=0.05, optional=True,
+                io.Float.Input("bridge_strength", default=1.0, **bounds.LORA_STRENGTH.widget(), step=0.05, optional=True,
                                tooltip="Extra factor for the dual-tower bridge."),
                 io.Combo.Input("expert", options=list(EXPERTS), default="both", optional=True,
                                tooltip="Where a Wan LoRA goes: high = the high-noise expert (video_dit), low = the "

@@ -8,6 +8,7 @@ import folder_paths
 import torch
 from comfy_api.latest import InputImpl, io, ui
 
+from ..mova_model import bounds
 from ..mova_model.media.av_io import Mp4Writer, fit_audio_to_video, frames_to_uint8, safe_filename_prefix
 
 MUX_CHUNK_FRAMES = 16
@@ -26,7 +27,7 @@ class MovaMux(io.ComfyNode):
                         "temporary name, then renamed: never a partial file) and returns it as a VIDEO.",
             inputs=[
                 io.Image.Input("frames", tooltip="IMAGE [F, H, W, 3] (even width and height)."),
-                io.Float.Input("fps", default=24.0, min=0.0, max=120.0, step=0.5, tooltip="Frames per second (> 0)."),
+                io.Float.Input("fps", default=24.0, step=0.5, **bounds.FPS.widget(), tooltip="Frames per second (> 0)."),
                 io.String.Input("filename_prefix", default="mova/MOVA"),
                 io.Audio.Input("audio", optional=True, tooltip="Trimmed or padded to the video's duration (frames / fps); "
                                "the log says so when that cuts or pads more than one frame's worth."),

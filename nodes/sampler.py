@@ -9,6 +9,7 @@ import logging
 
 from comfy_api.latest import io
 
+from ..mova_model import bounds
 from ..mova_model.sampling.guidance import GuidanceConfig
 from ..mova_model.sampling.preview import latent_preview_rgb
 from ..mova_model.sampling.sampler import StepInfo
@@ -63,10 +64,10 @@ class MovaJointSampler(io.ComfyNode):
             inputs=[
                 MovaModel.Input("model"),
                 MovaConditioning.Input("conditioning"),
-                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFFFFFFFFFF, control_after_generate=True,
+                io.Int.Input("seed", default=42, control_after_generate=True, **bounds.SEED.widget(),
                              tooltip="torch.manual_seed(seed) then video noise, then audio noise, as the official script."),
-                io.Int.Input("steps", default=50, min=1, max=1000, tooltip="Denoising steps (official: 50)."),
-                io.Float.Input("cfg", default=5.0, min=0.0, max=30.0, step=0.1,
+                io.Int.Input("steps", default=50, **bounds.STEPS.widget(), tooltip="Denoising steps (official: 50)."),
+                io.Float.Input("cfg", default=5.0, step=0.1, **bounds.CFG.widget(),
                                tooltip="Text CFG scale (official: 5.0). Ignored when a guidance input is connected."),
                 MovaGuidance.Input("guidance", optional=True,
                                    tooltip="From MOVA Guidance: dual CFG (text + bridge) and per-modality scales."),

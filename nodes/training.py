@@ -2,9 +2,11 @@
 
 Thin adapters over `mova_model.training`: the dataset node checks every clip and shows what it found and
 skipped; the train node runs `LoraTrainer` with ComfyUI's progress bar and the current loss as progress
-text, stops within one step on `POST /interrupt` (keeping the last completed step on disk), writes the
-LoRA under `models/loras/` (so the MOVA LoRA Loader lists it) and returns the model with the new LoRA
-applied, the file name and a loss-curve IMAGE.
+text, stops within one clip (while encoding) or one step on `POST /interrupt` (keeping the last completed
+step on disk), writes the LoRA under `models/loras/` (so the MOVA LoRA Loader lists it) and returns the
+model with the new LoRA applied, the file name and a loss-curve IMAGE. An existing LoRA is never replaced
+unless `overwrite` is on: an unfinished run with the same settings is continued (`resume`), else the next
+free name is used and the summary says so.
 """
 from __future__ import annotations
 
@@ -17,7 +19,10 @@ from typing import List, Tuple
 import torch
 from comfy_api.latest import io
 
+from ..mova_model import bounds
+from ..mova_model.checks import CheckError, check_writable_folder
 from ..mova_model.network.lora import LoraPatch, load_lora
+from ..mova_model.training.files import choose_output
 from ..mova_model.training.dataset import ClipGeometry, DatasetError, load_clip, scan_dataset
 from ..mova_model.training.loss_curve import render_loss_curve
 from ..mova_model.training.trainer import LoraTrainer, TrainingError, TrainProgress, TrainSettings
@@ -65,10 +70,11 @@ class MovaTrainingDataset(io.ComfyNode):
             inputs=[
                 io.String.Input("folder", default="mova_lora_dataset",
                                 tooltip="Folder under ComfyUI's input directory, or an absolute path."),
-                io.Int.Input("width", default=640, min=16, max=4096, step=16),
-                io.Int.Input("height", default=352, min=16, max=4096, step=16),
-                io.Int.Input("frames", default=49, min=5, max=1025, step=4, tooltip="4k+1 frames per clip."),
-                io.Float.Input("fps", default=24.0, min=1.0, max=120.0, step=1.0),
+                io.Int.Input("width", default=640, step=16, **bounds.WIDTH.widget()),
+                io.Int.Input("height", default=352, step=16, **bounds.HEIGHT.widget()),
+                io.Int.Input("frames", default=49, min=5, max=bounds.FRAMES.widget()["max"], step=4,
+                             tooltip="4k+1 frames per clip."),
+                io.Float.Input("fps", default=24.0, min=1.0, max=bounds.FPS.widget()["max"], step=1.0),
             ],
             outputs=[MovaDataset.Output(display_name="dataset"), io.String.Output(display_name="summary")],
         )
@@ -83,7 +89,10 @@ class MovaTrainingDataset(io.ComfyNode):
         except DatasetError as exc:
             raise ValueError(f"MOVA Training Dataset: {exc}") from exc
         ref = DatasetRef(path, int(width), int(height), int(frames), float(fps), skipped=list(scan.skipped))
+        import comfy.model_management as mm
+
         for source in scan.sources:
+            mm.throw_exception_if_processing_interrupted()  # cancel within one clip
             try:
                 load_clip(source, geometry)
                 ref.usable.append(source.path.name)
@@ -108,6 +117,9 @@ def lora_output_path(name: str) -> Tuple[str, str]:
         raise ValueError("lora_name: give a file name (letters, digits, _ . -)")
     if stem.endswith(".safetensors"):
         stem = stem[: -len(".safetensors")]
+    if len(stem) > bounds.LORA_NAME_MAX_CHARS:
+        raise ValueError(f"lora_name: at most {bounds.LORA_NAME_MAX_CHARS} characters, got {len(stem)} "
+                         f"({stem[:24]}…); choose a shorter name")
     root = folder_paths.get_folder_paths("loras")[0]
     os.makedirs(os.path.join(root, LORA_SUBFOLDER), exist_ok=True)
     relative = f"{LORA_SUBFOLDER}/{stem}.safetensors"
@@ -128,10 +140,10 @@ class MovaTrainLora(io.ComfyNode):
                 MovaModel.Input("model"),
                 MovaDataset.Input("dataset"),
                 io.String.Input("lora_name", default="my_mova_lora"),
-                io.Int.Input("steps", default=200, min=1, max=1000000),
-                io.Int.Input("rank", default=16, min=1, max=256),
-                io.Float.Input("alpha", default=16.0, min=0.01, max=1024.0, step=0.5),
-                io.Float.Input("learning_rate", default=1e-4, min=1e-7, max=1.0, step=1e-5),
+                io.Int.Input("steps", default=200, **bounds.TRAIN_STEPS.widget()),
+                io.Int.Input("rank", default=16, **bounds.RANK.widget()),
+                io.Float.Input("alpha", default=16.0, step=0.5, **bounds.ALPHA.widget()),
+                io.Float.Input("learning_rate", default=1e-4, step=1e-5, **bounds.LEARNING_RATE.widget()),
                 io.Combo.Input("targets", options=["official", "attention"], default="official",
                                tooltip="official: every Linear of the blocks and bridge layers (the official default); "
                                        "attention: self-, cross- and bridge-attention projections only."),
@@ -139,9 +151,9 @@ class MovaTrainLora(io.ComfyNode):
                                tooltip="Video experts to train; 'both' alternates step by step as the official trainer."),
                 io.Boolean.Input("train_audio", default=True),
                 io.Boolean.Input("train_bridge", default=True),
-                io.Int.Input("seed", default=42, min=0, max=0xFFFFFFFF),
-                io.Int.Input("save_every", default=50, min=0, max=100000, tooltip="0: only at the end."),
-                io.Int.Input("val_every", default=50, min=0, max=100000, tooltip="0: only before and after."),
+                io.Int.Input("seed", default=42, **bounds.TRAIN_SEED.widget()),
+                io.Int.Input("save_every", default=50, tooltip="0: only at the end.", **bounds.SAVE_EVERY.widget()),
+                io.Int.Input("val_every", default=50, tooltip="0: only before and after.", **bounds.VAL_EVERY.widget()),
                 io.Combo.Input("weights", options=["as stored", "bf16", "fp8", "fp32"], default="as stored",
                                tooltip="Storage of the frozen base weights; the LoRA and the optimizer stay fp32."),
                 io.Boolean.Input("gradient_checkpointing", default=True),
@@ -149,6 +161,16 @@ class MovaTrainLora(io.ComfyNode):
                                tooltip="Strength of the new LoRA on the output model."),
                 io.String.Input("custom_targets", default="", optional=True,
                                 tooltip="Comma-separated module names (official pattern rules); overrides targets."),
+                io.Boolean.Input("overwrite", default=False, optional=True,
+                                 tooltip="Replace models/loras/mova/<name>.safetensors if it exists. Off: an existing "
+                                         "LoRA is kept and this one gets the next free name (<name>_2, ...)."),
+                io.Boolean.Input("resume", default=True, optional=True,
+                                 tooltip="Continue an unfinished (cancelled) training of this name with the same "
+                                         "settings from its last saved step, instead of starting again."),
+                io.String.Input("cache_folder", default="", optional=True,
+                                tooltip="Where encoded clips are cached (absolute, or under ComfyUI's output folder). "
+                                        "Empty: <dataset>/.mova_cache, or ComfyUI's temp folder when the dataset "
+                                        "folder cannot be written."),
             ],
             outputs=[MovaModel.Output(display_name="model"), io.String.Output(display_name="lora_name"),
                      io.Image.Output(display_name="loss_curve"), io.String.Output(display_name="summary")],
@@ -159,7 +181,8 @@ class MovaTrainLora(io.ComfyNode):
     def execute(cls, model, dataset, lora_name: str, steps: int, rank: int, alpha: float, learning_rate: float,
                 targets: str, experts: str, train_audio: bool, train_bridge: bool, seed: int, save_every: int,
                 val_every: int, weights: str, gradient_checkpointing: bool, strength: float,
-                custom_targets: str = "") -> io.NodeOutput:
+                custom_targets: str = "", overwrite: bool = False, resume: bool = True,
+                cache_folder: str = "") -> io.NodeOutput:
         import comfy.model_management as mm
         import comfy.utils
 
@@ -175,6 +198,17 @@ class MovaTrainLora(io.ComfyNode):
             train_bridge=bool(train_bridge), width=dataset.width, height=dataset.height, frames=dataset.frames,
             fps=dataset.fps, seed=int(seed), save_every=int(save_every), val_every=int(val_every), weights=weights,
             gradient_checkpointing=bool(gradient_checkpointing), device=str(pipe.device))
+        try:
+            settings.validate()  # the settings' message before any decision on files
+        except TrainingError as exc:
+            raise ValueError(f"MOVA Train LoRA: {exc}") from exc
+        choice = choose_output(out_path, settings.identity(), settings.steps, overwrite=bool(overwrite),
+                               resume=bool(resume))
+        out_path, listed_name = str(choice.lora), f"{LORA_SUBFOLDER}/{choice.lora.name}"
+        cache_dir, cache_note = training_cache_dir(dataset.path, cache_folder)
+        notes = [note for note in (choice.note, cache_note) if note]
+        for note in notes:
+            logger.warning("MOVA Train LoRA: %s", note)
         node_id = cls.hidden.unique_id
         bar = comfy.utils.ProgressBar(int(steps), node_id=node_id)
 
@@ -192,8 +226,8 @@ class MovaTrainLora(io.ComfyNode):
             _progress_text(text, node_id)
 
         pipe.release_all()  # the sampling modules; training builds what it needs
-        trainer = LoraTrainer(pipe.checkpoint.root, dataset.path, out_path, settings,
-                              cache_dir=os.path.join(dataset.path, ".mova_cache"), progress=on_progress)
+        trainer = LoraTrainer(pipe.checkpoint.root, dataset.path, out_path, settings, cache_dir=cache_dir,
+                              progress=on_progress, resume=choice.resume, overwrite=bool(overwrite))
         try:
             result = trainer.run()
         except TrainingError as exc:
@@ -206,7 +240,30 @@ class MovaTrainLora(io.ComfyNode):
         curve = torch.from_numpy(render_loss_curve(result.losses, result.val_losses).copy()).float().div(255).unsqueeze(0)
         summary = (f"trained: steps={result.steps} val_loss_before={result.val_loss_before:.6g} "
                    f"val_loss_after={result.val_loss_after:.6g} lora={listed_name} clips={result.clips}")
+        summary = "\n".join([summary, *notes])
         return io.NodeOutput(out_model, listed_name, curve, summary)
+
+
+def training_cache_dir(dataset_path: str, cache_folder: str = "") -> Tuple[str, str]:
+    """(encoded-clip cache folder, note for the user or ""): `cache_folder` (absolute or under ComfyUI's output
+    folder; refused when it cannot be written), else `<dataset>/.mova_cache`, else, for a dataset folder that
+    cannot be written (read-only), ComfyUI's temp folder."""
+    import folder_paths
+
+    text = (cache_folder or "").strip()
+    if text:
+        folder = text if os.path.isabs(text) else os.path.join(folder_paths.get_output_directory(), text)
+        try:
+            return str(check_writable_folder(folder, "cache_folder")), ""
+        except CheckError as exc:
+            raise ValueError(f"MOVA Train LoRA: {exc}") from None
+    preferred = os.path.join(dataset_path, ".mova_cache")
+    try:
+        return str(check_writable_folder(preferred, "cache")), ""
+    except CheckError as exc:
+        fallback = os.path.join(folder_paths.get_temp_directory(), "mova_training_cache")
+        return fallback, (f"the encoded clips are cached in {fallback}, not beside the dataset ({exc}); that folder is "
+                          "emptied when ComfyUI restarts: set cache_folder to keep them")
 
 
 def _progress_text(text: str, node_id) -> None:

@@ -24,6 +24,7 @@ import ftfy
 import torch
 from torch import nn
 
+from ..bounds import MAX_TEXT_CHARS, cap_text
 from ..checkpoint.configs import TextEncoderConfig
 from .ops import Operations
 
@@ -159,8 +160,9 @@ class TextEncoder:
         self.module = module
 
     def tokenize(self, prompts: Sequence[str], max_length: int = MAX_SEQUENCE_LENGTH):
-        """Clean and tokenize: returns (input_ids, attention_mask), int64 [B, max_length]."""
-        cleaned = [prompt_clean(p) for p in prompts]
+        """Clean and tokenize: returns (input_ids, attention_mask), int64 [B, max_length]. A text longer than
+        `bounds.MAX_TEXT_CHARS` is cut to that first (far beyond the 512 tokens read; see `encode`)."""
+        cleaned = [prompt_clean(p[:MAX_TEXT_CHARS]) for p in prompts]
         batch = self.tokenizer(
             cleaned,
             padding="max_length",
@@ -178,7 +180,7 @@ class TextEncoder:
         its token count and where the ignored part begins. `names` label the prompts in the sentences."""
         notes = []
         for prompt, name in zip(prompts, names):
-            ids = self.tokenizer(prompt_clean(prompt), add_special_tokens=True, truncation=False,
+            ids = self.tokenizer(prompt_clean(prompt[:MAX_TEXT_CHARS]), add_special_tokens=True, truncation=False,
                                  verbose=False)["input_ids"]  # the cleaned prompt's tokens and `</s>`
             if len(ids) <= max_length:
                 continue
@@ -201,11 +203,14 @@ class TextEncoder:
 
         The dtype of the embeddings is what the encoder computes in (the dtype of its embedding table and
         norms); `device` defaults to where the embedding table lives. A prompt cut at `max_length` is logged
-        as a warning (`truncation_notes`, labelled by `names`, default "prompt 1", "prompt 2", ...).
+        as a warning (`truncation_notes`, labelled by `names`, default "prompt 1", "prompt 2", ...); so is one
+        longer than `bounds.MAX_TEXT_CHARS` characters, which is cut to those before cleaning and tokenizing
+        (the tokenizer would otherwise hold every token of the whole text).
         """
         if isinstance(prompts, str):
             prompts = [prompts]
         names = list(names) if names is not None else [f"prompt {i + 1}" for i in range(len(prompts))]
+        prompts = [cap_text(prompt, name) for prompt, name in zip(prompts, names)]
         for note in self.truncation_notes(prompts, names, max_length):
             logger.warning("%s", note)
         input_ids, attention_mask = self.tokenize(prompts, max_length)

@@ -8,6 +8,10 @@ rank 0's per-step reports to the host's callback (progress, preview), and return
 - Crash: a worker that exits is noticed within half a second; the pool is stopped and the error names the
   worker; the next `sample` starts a fresh pool. A worker whose peers vanish gets a `ParallelError` from the
   bounded collectives and exits.
+- Hang: a worker that stops answering (stuck, or stopped with SIGSTOP) leaves its peers waiting in a
+  collective; they give up after `timeout_s` and report it, and the host then names the worker(s) that did
+  not answer and the timeout, kills them and stops the pool (a peer that gave up and exited is not reported
+  as a crash).
 - Stop: `stop()`, or the pool being dropped (the model unloaded) or the host exiting (a `weakref.finalize`),
   ends every worker, politely then by force; an idle worker whose host died exits by itself.
 Workers are `torch.multiprocessing` "spawn" processes; the host's own main script is hidden from them while
@@ -40,6 +44,19 @@ PACK_ROOT = str(Path(__file__).resolve().parents[2])
 PACKAGE = __name__.rsplit(".parallel.", 1)[0]
 """This process's name for the `mova_model` package (inside ComfyUI: `<pack folder>.mova_model`)."""
 START_TIMEOUT_S = 300.0
+HOST_MARGIN_S = 60.0
+"""How much longer than `timeout_s` the host waits for any message before it gives up on silent workers."""
+HANG_GRACE_S = 10.0
+"""After one worker gave up waiting for its peers, how long the others get to report before they are called
+hung (peers blocked in the same collective time out together; capped by `timeout_s`)."""
+
+
+class _NoAnswer(Exception):
+    """Raised by `WorkerPool._next_message` when its deadline passed; `silent`: the ranks that did not report."""
+
+    def __init__(self, silent: list) -> None:
+        super().__init__(silent)
+        self.silent = silent
 
 
 @dataclass(frozen=True)
@@ -149,7 +166,13 @@ class WorkerPool:
         ready = set()
         deadline = time.monotonic() + START_TIMEOUT_S
         while len(ready) < world:
-            kind, rank, *rest = self._next_message(deadline, "starting")
+            try:
+                kind, rank, *rest = self._next_message(deadline, "starting")
+            except _NoAnswer as silent:
+                names = ", ".join(self.describe_worker(r) for r in silent.silent if r not in ready)
+                self.stop(hung=tuple(silent.silent))
+                raise ParallelError(f"MOVA {names} did not start within {START_TIMEOUT_S:g} s; all workers were "
+                                    "stopped and will be restarted on the next run") from None
             if kind == "ready":
                 ready.add(rank)
             elif kind == "error":
@@ -158,8 +181,12 @@ class WorkerPool:
         logger.info("MOVA workers ready: %s on %s", layout_for(self.spec.split, world, self.spec.cfg_degree).describe(),
                     ", ".join(self.spec.devices))
 
-    def stop(self) -> None:
-        """End every worker (a stop message, then terminate/kill after a grace period). Safe to call twice."""
+    def stop(self, hung: tuple = ()) -> None:
+        """End every worker (a stop message, then terminate/kill after a grace period; the `hung` ranks are
+        killed at once, since a stopped or stuck process does not react to the others). Safe to call twice."""
+        for rank in hung:
+            if rank < len(self.procs) and self.procs[rank].is_alive():
+                self.procs[rank].kill()
         WorkerPool._stop_processes(self.procs, self.jobs)
         self.procs.clear()
         self.jobs.clear()
@@ -181,13 +208,19 @@ class WorkerPool:
                 proc.kill()
                 proc.join(timeout=5.0)
 
-    def _next_message(self, deadline: float, doing: str):
+    def describe_worker(self, rank: int) -> str:
+        proc = self.procs[rank] if rank < len(self.procs) else None
+        return f"worker {rank} ({self.spec.devices[rank]}, pid {proc.pid if proc is not None else '?'})"
+
+    def _next_message(self, deadline: float, doing: str, reported: frozenset = frozenset()):
+        """The next message from any worker. A worker that exits without having `reported` is a crash
+        (`ParallelError`, the pool stopped); past `deadline`, `_NoAnswer` lists the ranks not `reported`."""
         while True:
             try:
                 return self.results.get(timeout=0.5)
             except queue.Empty:
                 pass
-            dead = [(rank, p) for rank, p in enumerate(self.procs) if not p.is_alive()]
+            dead = [(rank, p) for rank, p in enumerate(self.procs) if not p.is_alive() and rank not in reported]
             if dead:
                 rank, proc = dead[0]
                 message = (f"MOVA worker {rank} ({self.spec.devices[rank]}, pid {proc.pid}) exited with code "
@@ -196,9 +229,7 @@ class WorkerPool:
                 self.stop()
                 raise ParallelError(message)
             if time.monotonic() > deadline:
-                self.stop()
-                raise ParallelError(f"MOVA workers did not answer within {self.spec.timeout_s:g} s while {doing}; "
-                                    "they were stopped and will be restarted on the next run")
+                raise _NoAnswer([rank for rank in range(len(self.procs)) if rank not in reported])
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def sample(self, pipeline, conditioning, seed: int, steps: int, guidance, held=None,
@@ -218,9 +249,18 @@ class WorkerPool:
             q.put(job)
         world = len(self.procs)
         finished, errors, result, raised = set(), [], None, None
+        gave_up_at, last_step = None, None
         while len(finished) < world:
-            deadline = time.monotonic() + self.spec.timeout_s + 60.0
-            kind, rank, *rest = self._next_message(deadline, "sampling")
+            if gave_up_at is None:
+                deadline = time.monotonic() + self.spec.timeout_s + HOST_MARGIN_S
+            else:  # a worker gave up waiting for its peers: the silent ones are hung, not slow
+                deadline = gave_up_at + min(HANG_GRACE_S, self.spec.timeout_s)
+            try:
+                kind, rank, *rest = self._next_message(deadline, "sampling", frozenset(finished))
+            except _NoAnswer as silent:
+                raise self._hang_error(silent.silent, errors, last_step) from None
+            if kind == "step":
+                last_step = rest[0]
             if kind == "step" and raised is None and on_step is not None:
                 index, total, expert, t_video, t_audio, video, audio, passes = rest
                 try:
@@ -238,6 +278,8 @@ class WorkerPool:
             elif kind == "error":
                 finished.add(rank)
                 errors.append((rank, rest[0], rest[1]))
+                if rest[1] and gave_up_at is None:
+                    gave_up_at = time.monotonic()
         self.stop_flag.clear()
         if errors:
             if any(fatal for _, _, fatal in errors):
@@ -253,6 +295,24 @@ class WorkerPool:
         if result is None:
             raise ParallelError("MOVA workers finished without a result from worker 0")
         return result
+
+
+    def _hang_error(self, silent: list, errors: list, last_step) -> ParallelError:
+        """Stop the pool (killing the silent workers) and say which worker did not answer, within which timeout."""
+        names = " and ".join(self.describe_worker(rank) for rank in silent)
+        if errors:
+            waited = ", ".join(f"worker {rank}" for rank, _, _ in sorted(errors))
+            why = (f"did not answer within the {self.spec.timeout_s:g} s timeout ({waited} gave up waiting for it: "
+                   f"{sorted(errors)[0][1]})")
+        else:
+            why = f"did not answer within {self.spec.timeout_s + HOST_MARGIN_S:g} s (the {self.spec.timeout_s:g} s timeout " \
+                  f"and a {HOST_MARGIN_S:g} s margin)"
+        done = f" after step {last_step + 1}" if last_step is not None else ""
+        message = (f"MOVA {names} {why} while sampling{done}; it was killed and all workers were stopped; they will "
+                   "be restarted on the next run")
+        self.last_crash = message
+        self.stop(hung=tuple(silent))
+        return ParallelError(message)
 
 
 def worker_main(rank: int, world: int, port: int, device: str, split: str, cfg_degree: int, timeout_s: float,

@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 
+from ..bounds import cap_text
 from .backends import BackendError, CancelCheck, ChatBackend
 from .rules import NO_SUBTITLES_LINE, build_messages
 from .validator import ValidationReport, split_paragraphs, validate_caption
@@ -122,6 +123,10 @@ def enhance_prompt(
             "on_failure is 'fallback' but no fallback prompt is connected; connect the MOVA Prompt "
             "Composer's output (or any STRING) to fallback_prompt, or pick another on_failure."
         )
+    # the texts the chat model's and MOVA's tokenizers will see, cut before either does (issue 17, item 3)
+    user_text = cap_text(user_text, "text to enhance")
+    first_frame = cap_text(first_frame, "first-frame description")
+    fallback_prompt = cap_text(fallback_prompt, "fallback prompt")
     messages = build_messages(user_text, first_frame)
     try:
         raw = backend.chat(messages, max_new_tokens=max_new_tokens, temperature=temperature, seed=seed,
@@ -131,7 +136,7 @@ def enhance_prompt(
             raise
         logger.warning("Prompt enhancer backend failed, using the fallback prompt: %s", err)
         return EnhanceResult(fallback_prompt, "", ValidationReport(errors=[str(err)]), True, str(err))
-    rewrite = finish_caption(clean_model_output(raw), no_subtitles)
+    rewrite = finish_caption(clean_model_output(raw), no_subtitles)  # checked whole: its length is a finding
     report = validate_caption(rewrite, user_text, first_frame)
     if report.ok:
         return EnhanceResult(rewrite, rewrite, report)
@@ -140,7 +145,7 @@ def enhance_prompt(
         return EnhanceResult(fallback_prompt, rewrite, report, used_fallback=True)
     if on_failure == ON_FAILURE_KEEP:
         logger.warning("Prompt rewrite failed the check, keeping it as asked.\n%s", report.summary())
-        return EnhanceResult(rewrite, rewrite, report)
+        return EnhanceResult(cap_text(rewrite, "rewritten prompt"), rewrite, report)
     raise PromptValidationError(
         "The rewritten prompt breaks MOVA's caption rules:\n"
         + "\n".join(f"- {e}" for e in report.errors)

@@ -25,11 +25,17 @@ from typing import Callable, List, Optional, Sequence
 import numpy as np
 import torch
 
+from .. import bounds
 from ..atomic_write import atomic_write
+from ..checks import CheckError, check_destination, check_device
+from ..cli_args import CliParser
 from .guidance import GuidanceConfig
 from .pipeline import OFFICIAL_NEGATIVE_PROMPT, InputError, JointLatents, MovaPipeline, validate_geometry
 
 logger = logging.getLogger(__name__)
+
+MP4_TEMP_NAME_RESERVE = 40
+"""Characters the mp4 writer's temporary name adds (`.<stem>.mova-<pid>-<8 hex>.partial.mp4`)."""
 
 
 @dataclass
@@ -62,7 +68,7 @@ class GenerateRequest:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m mova_model generate",
+    parser = CliParser(prog="python -m mova_model generate",
                                      description="Generate a video with sound from prompts (one segment per --prompt).")
     parser.add_argument("checkpoint", type=Path, help="MOVA checkpoint folder (official layout)")
     parser.add_argument("--prompt", action="append", required=True,
@@ -130,10 +136,10 @@ def parse_lora(text: str) -> LoraSpec:
             raise InputError(f"--lora {text!r}: options are strength=S, expert=high|low|both, allow_partial=0|1 "
                              f"(comma-separated after the path), not {option!r}")
         values[name.strip()] = value.strip()
-    try:
-        strength = float(values["strength"])
-    except ValueError:
-        raise InputError(f"--lora {text!r}: strength must be a number, got {values['strength']!r}") from None
+    if not bounds.LORA_STRENGTH.contains(values["strength"]):
+        raise InputError(f"--lora {text!r}: strength must be a number {bounds.LORA_STRENGTH.describe()}, "
+                         f"got {values['strength']!r}")
+    strength = float(values["strength"])
     if values["expert"] not in EXPERTS:
         raise InputError(f"--lora {text!r}: expert must be one of {', '.join(EXPERTS)}, got {values['expert']!r}")
     if values["allow_partial"] not in ("0", "1", "true", "false"):
@@ -149,6 +155,28 @@ def parse_size(text: str) -> tuple:
     except ValueError:
         raise InputError(f"--size must look like 640x352 (width x height), got {text!r}") from None
     return width, height
+
+
+def check_cli_limits(args: argparse.Namespace, segments: int) -> None:
+    """The numbers (shared `bounds`), the device and both destinations, before anything is loaded or written
+    (issue 17, items 6 and 12): a bad one raises `InputError` naming the argument and what is allowed."""
+    try:
+        bounds.STEPS.check("--steps", args.steps)
+        bounds.SEED.check("--seed", args.seed)
+        if segments > 1:  # segment i uses seed + i
+            bounds.SEED.check(f"--seed + {segments - 1} (the last segment's seed)", args.seed + segments - 1)
+        bounds.CFG.check("--cfg", args.cfg)
+        timeout = getattr(args, "parallel_timeout", None)
+        if getattr(args, "parallel", None) and timeout is not None:
+            bounds.PARALLEL_TIMEOUT_S.check("--parallel-timeout", timeout)
+        check_device(args.device, "--device")
+        check_destination(Path(args.out), "--out", reserve=MP4_TEMP_NAME_RESERVE)
+        if args.save_latents is not None:
+            if Path(args.save_latents).resolve() == Path(args.out).resolve():
+                raise CheckError("--save-latents must name another file than --out")
+            check_destination(Path(args.save_latents), "--save-latents")
+    except (bounds.BoundsError, CheckError) as exc:
+        raise InputError(str(exc)) from None
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:
@@ -169,6 +197,7 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
         raise InputError(f"--out must end in .mp4, got {str(out)!r}")
     if args.save_latents is not None and Path(args.save_latents).suffix != ".safetensors":
         raise InputError(f"--save-latents must end in .safetensors, got {str(args.save_latents)!r}")
+    check_cli_limits(args, len(prompts))
     if len(prompts) > 1:
         check_overlap(int(args.overlap), int(args.frames))
     elif args.overlap:
@@ -289,5 +318,8 @@ def generate_cli(argv: Optional[Sequence[str]] = None) -> int:
     except (InputError, CheckpointError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left
+        sys.stderr.write("interrupted (Ctrl-C); no partial file was left\n")
+        return 128 + 2
     sys.stdout.write(f"{path}\n")
     return 0

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..bounds import FPS, FRAMES, HEIGHT, WIDTH, cap_text
 from ..checkpoint.folder import MovaCheckpoint, build_meta_module
 from .conditioning import keyframe_condition
 from .guidance import GuidanceConfig, required_branches
@@ -96,16 +97,23 @@ def clip_audio_samples(num_frames: int, video_fps: float, sample_rate: int) -> i
 
 def validate_geometry(width: int, height: int, num_frames: int, video_fps: float) -> None:
     """Raise `InputError` unless the size is MOVA-legal (official `check_inputs`: H, W multiples of 16,
-    frames = 4k + 1) and fps is positive."""
+    frames = 4k + 1) and inside the shared bounds (`mova_model.bounds`: sides up to 4096, frames up to 1025,
+    fps finite, above 0 and at most 120)."""
     problems = []
-    if not isinstance(width, int) or width < 16 or width % 16:
-        problems.append(f"width must be a positive multiple of 16, got {width}")
-    if not isinstance(height, int) or height < 16 or height % 16:
-        problems.append(f"height must be a positive multiple of 16, got {height}")
+    for name, value, bound in (("width", width, WIDTH), ("height", height, HEIGHT)):
+        if not isinstance(value, int) or value < 16 or value % 16:
+            problems.append(f"{name} must be a positive multiple of 16, got {value}")
+        elif not bound.contains(value):
+            problems.append(f"{name} must be at most {bound.high:g}, got {value}")
     if not isinstance(num_frames, int) or num_frames < 1 or num_frames % 4 != 1:
         problems.append(f"frames must be 4k+1 (1, 5, 9, ..., 193), got {num_frames}")
+    elif not FRAMES.contains(num_frames):
+        problems.append(f"frames must be at most {FRAMES.high:g} per clip (longer: join segments with an overlap, "
+                        f"MOVA Extend or several --prompt), got {num_frames}")
     if not video_fps > 0:
         problems.append(f"fps must be greater than 0, got {video_fps}")
+    elif not FPS.contains(video_fps):
+        problems.append(f"fps must be a finite number at most {FPS.high:g}, got {video_fps}")
     if problems:
         raise InputError("; ".join(problems))
 
@@ -302,12 +310,22 @@ class MovaPipeline:
         `keyframes_uint8`: {pixel frame index: image} at other positions (beyond what MOVA was trained on).
         """
         validate_geometry(width, height, num_frames, video_fps)
+        prompt, negative_prompt = cap_text(prompt, "prompt"), cap_text(negative_prompt, "negative prompt")
         frames: Dict[int, np.ndarray] = {}
         for position, image in (keyframes_uint8 or {}).items():
             index = int(position) + num_frames if int(position) < 0 else int(position)
             if not 0 <= index < num_frames:
                 raise InputError(f"keyframe at frame {position} is outside the clip (frames 0..{num_frames - 1})")
             frames[index] = image
+        # a keyframe where the first / last image already sits is refused, not silently replaced (issue 17, item 8)
+        for index, given, name in ((0, image_uint8, "image"), (num_frames - 1, last_image_uint8, "last_image")):
+            if given is not None and index in frames:
+                which = "first" if index == 0 else "last"
+                raise InputError(f"keyframe_positions: frame {index} (the {which} frame) is where the {name} input "
+                                 f"goes, and both are given; remove that position from the keyframes or disconnect "
+                                 f"{name}")
+        if num_frames == 1 and image_uint8 is not None and last_image_uint8 is not None:
+            raise InputError("a 1-frame clip has one frame: give the image or the last_image, not both")
         if image_uint8 is not None:
             frames[0] = image_uint8
         if last_image_uint8 is not None:

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from ..atomic_write import atomic_write
 from ..checkpoint.folder import MovaCheckpoint
-from .dataset import ClipGeometry, ClipSource, DatasetError, DatasetScan, file_digest, load_clip
+from .dataset import ClipGeometry, ClipSource, DatasetError, DatasetScan, file_digest, load_clip, no_usable_clip
 from .step import EncodedClip
 
 logger = logging.getLogger(__name__)
@@ -114,10 +114,7 @@ def encode_dataset(scan: DatasetScan, geometry: ClipGeometry, checkpoint: MovaCh
         if "encoders" in holder:
             holder["encoders"].release()  # type: ignore[attr-defined]
     if not clips:
-        looked = (f"{scan.root / 'metadata.json'}" if (scan.root / "metadata.json").is_file()
-                  else f"video files ({', '.join(s for s in ('.mp4', '.mov', '.mkv', '.webm'))}) with a same-name .txt caption in {scan.root}")
-        detail = "; ".join(f"{n}: {r}" for n, r in skipped) or "nothing found"
-        raise DatasetError(f"the dataset has no usable clip: looked for {looked} ({detail})")
+        raise no_usable_clip(scan, skipped)
     return clips, skipped
 
 

@@ -2,17 +2,26 @@
 
 Prints a progress bar with the loss on stderr and, as the last line on stdout,
 `trained: steps=N val_loss_before=X val_loss_after=Y lora=PATH` (after one `exported: PATH` line per
-ComfyUI-native expert file with `--export-format comfy`). Bad input: one line naming the problem on
-stderr, exit status 2, nothing written.
+ComfyUI-native expert file with `--export-format comfy`). Bad input: one `error:` line naming the
+problem on stderr, exit status 2, nothing written; every setting, the device, the output (never replaced
+without `--overwrite`) and the cache folder are checked before anything is loaded. Ctrl-C or SIGTERM: the
+last completed step is saved (LoRA + `<stem>.train-state` for `--resume`) and one line says so (exit status
+130 / 143).
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+from pathlib import Path
 from typing import List, Optional
 
+from ..checks import CheckError, check_writable_folder
+from ..cli_args import CliParser
+from .files import state_path_for
 from .trainer import EXPERT_CHOICES, LoraTrainer, TrainingError, TrainProgress, TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -27,10 +36,11 @@ def _size(text: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m mova_model train", description="Train a MOVA LoRA (video + audio).")
+    p = CliParser(prog="python -m mova_model train", description="Train a MOVA LoRA (video + audio).")
     p.add_argument("checkpoint", help="MOVA checkpoint folder (official layout)")
     p.add_argument("dataset", help="folder of video clips with same-name .txt captions, or with metadata.json")
     p.add_argument("--out", required=True, help="LoRA file to write (.safetensors); the resumable state goes beside it")
+    p.add_argument("--overwrite", action="store_true", help="replace --out (and its state) if it exists")
     p.add_argument("--steps", type=int, default=100)
     p.add_argument("--rank", type=int, default=16)
     p.add_argument("--alpha", type=float, default=16.0)
@@ -51,9 +61,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-every", type=int, default=0)
     p.add_argument("--val-every", type=int, default=0)
     p.add_argument("--val-items", type=int, default=4)
-    p.add_argument("--cache-dir", default=None, help="encoded-clip cache (default: <dataset>/.mova_cache)")
+    p.add_argument("--cache-dir", default=None, help="encoded-clip cache (default: <dataset>/.mova_cache, or "
+                   "~/.cache/mova/training when the dataset folder is read-only)")
     p.add_argument("--no-cache", action="store_true")
-    p.add_argument("--resume", default=None, help="a .state.safetensors written by an earlier run")
+    p.add_argument("--resume", default=None, help="the <stem>.train-state written beside an earlier run's LoRA")
     p.add_argument("--init-lora", default=None, help="continue from this LoRA (same rank and targets)")
     p.add_argument("--weights", default="as stored", choices=("as stored", "fp32", "bf16", "fp8"))
     p.add_argument("--no-gradient-checkpointing", action="store_true")
@@ -67,8 +78,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like Ctrl-C so the trainer keeps the last completed step."""
+
+
+def default_cache_dir(dataset: str) -> Path:
+    """`<dataset>/.mova_cache`, or the user's cache folder when the dataset folder cannot be written."""
+    preferred = Path(dataset.rstrip("/") or "/") / ".mova_cache"
+    try:
+        return check_writable_folder(preferred, "cache folder")
+    except CheckError as exc:
+        fallback = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mova" / "training"
+        logger.info("%s; the encoded clips are cached in %s instead", exc, fallback)
+        return fallback
+
+
 def train_cli(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
+        return int(exc.code or 0)
     width, height = args.size
     settings = TrainSettings(
         steps=args.steps, rank=args.rank, alpha=args.alpha, targets=args.targets, experts=args.experts,
@@ -80,16 +109,42 @@ def train_cli(argv: Optional[List[str]] = None) -> int:
         gradient_checkpointing=not args.no_gradient_checkpointing, vram_budget_gb=args.vram_budget,
         device=args.device, strict_dataset=args.strict, official_pair=args.official_pair,
         export_format=args.export_format)
-    cache_dir = None if args.no_cache else (args.cache_dir or f"{args.dataset.rstrip('/')}/.mova_cache")
     bar = _ProgressBar(args.steps)
-    trainer = LoraTrainer(args.checkpoint, args.dataset, args.out, settings, cache_dir=cache_dir,
-                          resume=args.resume, init_lora=args.init_lora, progress=bar.update)
+    trainer = None
+    previous = signal.getsignal(signal.SIGTERM)
     try:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+    except ValueError:  # not the main thread (an embedding host): SIGTERM keeps its handler
+        previous = None
+    try:
+        if args.no_cache:
+            cache_dir = None
+        elif args.cache_dir:
+            cache_dir = Path(args.cache_dir)
+        else:
+            cache_dir = default_cache_dir(args.dataset)
+        trainer = LoraTrainer(args.checkpoint, args.dataset, args.out, settings, cache_dir=cache_dir,
+                              resume=args.resume, init_lora=args.init_lora, progress=bar.update,
+                              overwrite=args.overwrite)
         result = trainer.run()
     except TrainingError as exc:
         bar.close()
         sys.stderr.write(f"error: {exc}\n")
         return 2
+    except KeyboardInterrupt as exc:
+        bar.close()
+        terminated = isinstance(exc, Terminated)
+        what = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
+        saved = trainer.saved_step if trainer is not None else None
+        if saved:
+            sys.stderr.write(f"{what}: saved step {saved} of {args.steps} to {args.out}; continue with --resume "
+                             f"{state_path_for(args.out)}\n")
+        else:
+            sys.stderr.write(f"{what} before the first training step was completed; nothing was saved\n")
+        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     bar.close()
     for name, reason in result.skipped:
         sys.stderr.write(f"skipped {name}: {reason}\n")
@@ -100,11 +155,24 @@ def train_cli(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
-class _ProgressBar:
-    def __init__(self, total: int) -> None:
-        from tqdm import tqdm
+def _raise_terminated(signum, frame) -> None:
+    raise Terminated()
 
-        self.bar = tqdm(total=total, file=sys.stderr, unit="step", dynamic_ncols=True)
+
+class _ProgressBar:
+    """tqdm on stderr, shown from the first progress report (a refused command prints only its error line)."""
+
+    def __init__(self, total: int) -> None:
+        self.total = total
+        self._bar = None
+
+    @property
+    def bar(self):
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=self.total, file=sys.stderr, unit="step", dynamic_ncols=True)
+        return self._bar
 
     def update(self, p: TrainProgress) -> None:
         if p.phase != "train":
@@ -123,4 +191,5 @@ class _ProgressBar:
         self.bar.refresh()
 
     def close(self) -> None:
-        self.bar.close()
+        if self._bar is not None:
+            self._bar.close()

@@ -6,8 +6,10 @@ its first `num_frames` frames; a centre crop to the target aspect (`round(h·W/H
 bilinear, antialiased resize to W×H (torchvision `resize` on uint8, reproduced with `F.interpolate`, rounded
 back to uint8); values `x/255·2 − 1`; the first frame as the I2V condition; the audio from 0 to
 `num_frames/fps` seconds, mono at the audio VAE's rate, cut or zero-padded to `int(rate·num_frames/fps)`.
-Unlike the official, a file without audio, shorter than the clip, unreadable or without a caption is
-reported by name and skipped (or raises, with `strict=True`).
+Unlike the official, a file without audio, shorter than the clip, unreadable or without a caption (or with
+a caption that is not UTF-8 text) is reported by name and skipped (or raises, with `strict=True`). Captions
+are read up to `bounds.MAX_TEXT_CHARS` characters (a warning names a longer one), so a huge caption file
+costs no memory.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..bounds import MAX_TEXT_CHARS, cap_text
 from ..media.av_io import resample_audio
 
 logger = logging.getLogger(__name__)
@@ -59,8 +62,11 @@ class ClipGeometry:
 
 @dataclass
 class ClipSource:
+    """A clip file and its caption; `problem`: why the clip cannot be used although the file was found."""
+
     path: Path
     caption: Optional[str]
+    problem: Optional[str] = None
 
 
 @dataclass
@@ -105,13 +111,72 @@ def scan_dataset(root: Path | str) -> DatasetScan:
             if not isinstance(item, dict) or not item.get("video_path"):
                 scan.skipped.append((f"metadata.json[{i}]", "no video_path"))
                 continue
-            scan.sources.append(ClipSource(root / str(item["video_path"]), item.get("caption")))
+            caption = item.get("caption")
+            if caption is not None:
+                caption = cap_text(str(caption), f"caption of {item['video_path']} in metadata.json")
+            scan.sources.append(ClipSource(root / str(item["video_path"]), caption))
     else:
         for path in sorted(p for p in root.iterdir() if p.suffix.lower() in VIDEO_SUFFIXES and p.is_file()):
             txt = path.with_suffix(".txt")
-            caption = txt.read_text(encoding="utf-8").strip() if txt.is_file() else None
-            scan.sources.append(ClipSource(path, caption))
+            caption, problem = read_caption(txt) if txt.is_file() else (None, None)
+            scan.sources.append(ClipSource(path, caption, problem))
     return scan
+
+
+def read_caption(path: Path) -> Tuple[Optional[str], Optional[str]]:
+    """(caption, None), or (None, why it cannot be used). Reads at most `MAX_TEXT_CHARS` characters (a
+    longer caption is cut with a warning); the file must be UTF-8 text."""
+    import codecs
+
+    limit = 4 * MAX_TEXT_CHARS + 4  # bytes: enough for MAX_TEXT_CHARS characters of any UTF-8 text
+    try:
+        with open(path, "rb") as handle:
+            raw = handle.read(limit + 1)
+    except OSError as exc:
+        return None, f"caption {path.name} cannot be read ({exc.strerror or exc})"
+    complete = len(raw) <= limit
+    try:
+        text = codecs.getincrementaldecoder("utf-8")().decode(raw[:limit], final=complete)
+    except UnicodeDecodeError as exc:
+        return None, (f"caption {path.name} is not UTF-8 text (byte 0x{raw[exc.start]:02x} at offset {exc.start}); "
+                      "save it as UTF-8")
+    if len(text) > MAX_TEXT_CHARS:
+        logger.warning("caption %s is %s bytes; only its first %s characters are read (the text encoder reads 512 "
+                       "tokens, about 2,000-3,000 characters). Shorten it.", path.name, f"{path.stat().st_size:,}",
+                       f"{MAX_TEXT_CHARS:,}")
+        text = text[:MAX_TEXT_CHARS]
+    return text.strip(), None
+
+
+def no_usable_clip(scan: DatasetScan, skipped: List[Tuple[str, str]]) -> DatasetError:
+    """The error of a dataset none of whose clips can be used: what was looked for, and each file's reason."""
+    looked = (f"{scan.root / 'metadata.json'}" if (scan.root / "metadata.json").is_file()
+              else f"video files ({', '.join(s for s in ('.mp4', '.mov', '.mkv', '.webm'))}) with a same-name .txt "
+                   f"caption in {scan.root}")
+    detail = "; ".join(f"{n}: {r}" for n, r in skipped) or "nothing found"
+    return DatasetError(f"the dataset has no usable clip: looked for {looked} ({detail})")
+
+
+def caption_problem(source: ClipSource) -> Optional[str]:
+    """Why `source` cannot be used, as far as its caption and file say (None: its video must be read to know)."""
+    if source.problem:
+        return source.problem
+    if source.caption is None or not str(source.caption).strip():
+        return f"no caption (put it in {source.path.with_suffix('.txt').name} or metadata.json)"
+    if not source.path.is_file():
+        return "file not found"
+    return None
+
+
+def check_captions(scan: DatasetScan, strict: bool = False) -> None:
+    """Before anything is decoded or loaded: with `strict` a clip with a caption problem is an error, and a
+    dataset where no clip has a usable caption is refused (`no_usable_clip`)."""
+    problems = [(source.path.name, caption_problem(source)) for source in scan.sources]
+    problems = [(name, reason) for name, reason in problems if reason]
+    if strict and problems:
+        raise DatasetError(f"{problems[0][0]}: {problems[0][1]}")
+    if len(problems) == len(scan.sources):
+        raise no_usable_clip(scan, list(scan.skipped) + problems)
 
 
 def _crop_resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
@@ -167,10 +232,9 @@ def _decode_audio(container: "av.container.InputContainer", seconds: float, rate
 def load_clip(source: ClipSource, geometry: ClipGeometry) -> PreparedClip:
     """Decode and prepare one clip; raises `DatasetError` naming the file and the problem."""
     name = source.path.name
-    if source.caption is None or not str(source.caption).strip():
-        raise DatasetError(f"{name}: no caption (put it in {source.path.with_suffix('.txt').name} or metadata.json)")
-    if not source.path.is_file():
-        raise DatasetError(f"{name}: file not found")
+    problem = caption_problem(source)
+    if problem:
+        raise DatasetError(f"{name}: {problem}")
     try:
         with av.open(str(source.path)) as container:
             if not container.streams.video:

@@ -15,19 +15,21 @@ import logging
 import math
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Callable, List, Optional, Tuple
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 
+from .. import bounds
+from ..checks import CheckError, check_destination, check_device, check_writable_folder
 from ..checkpoint.folder import MovaCheckpoint, build_meta_module
 from ..checkpoint.weights import CheckpointError
 from ..network.lora import LoraError, load_lora
 from ..sampling.scheduler import FlowMatchPairScheduler
 from .cache import encode_dataset
-from .dataset import ClipGeometry, DatasetError, scan_dataset
+from .dataset import ClipGeometry, DatasetError, check_captions, scan_dataset
 from .encoding import ClipEncoders
-from .files import (EXPORT_FORMATS, TrainStateError, comfy_export_paths, load_state, restore_state, save_lora,
-                    save_state, state_path_for)
+from .files import (EXPORT_FORMATS, TrainStateError, comfy_export_paths, legacy_state_path_for, load_state,
+                    restore_state, run_files, save_lora, save_state, state_path_for)
 from .models import TrainingModels
 from .optimizer import OptimizerSettings, build_optimizer, clip_and_step
 from .step import EncodedClip, StepDraw, StepOptions, draw_step
@@ -44,7 +46,8 @@ INIT_SEED_OFFSET = 7_919
 
 
 class TrainingError(ValueError):
-    """Bad training input; the message says what was wrong and what is allowed. Nothing has been written."""
+    """Bad training input (nothing written), or a run that cannot go on (a non-finite loss: the last finite
+    step was saved); the message says what was wrong and what to change."""
 
 
 @dataclass(frozen=True)
@@ -94,12 +97,27 @@ class TrainSettings:
 
     def validate(self) -> None:
         problems = []
-        if self.steps < 1:
-            problems.append(f"steps must be at least 1 (got {self.steps})")
-        if self.rank < 1:
-            problems.append(f"rank must be at least 1 (got {self.rank})")
-        if not self.alpha > 0:
-            problems.append(f"alpha must be positive (got {self.alpha})")
+        for name, bound, value in (
+                ("steps", bounds.TRAIN_STEPS, self.steps), ("rank", bounds.RANK, self.rank),
+                ("alpha", bounds.ALPHA, self.alpha), ("learning rate", bounds.LEARNING_RATE, self.lr),
+                ("seed", bounds.TRAIN_SEED, self.seed), ("save_every", bounds.SAVE_EVERY, self.save_every),
+                ("val_every", bounds.VAL_EVERY, self.val_every), ("val_items", bounds.VAL_ITEMS, self.val_items),
+                ("gradient accumulation", bounds.ACCUMULATION, self.accumulation), ("fps", bounds.FPS, self.fps),
+                ("width", bounds.WIDTH, self.width), ("height", bounds.HEIGHT, self.height),
+                ("frames", bounds.FRAMES, self.frames)):
+            if not bound.contains(value):
+                problems.append(f"{name} must be {bound.describe()}{' (a whole number)' if bound.integer else ''} "
+                                f"(got {value!r})")
+        if self.warmup_steps is not None and not bounds.WARMUP_STEPS.contains(self.warmup_steps):
+            problems.append(f"warm-up steps must be {bounds.WARMUP_STEPS.describe()} (got {self.warmup_steps!r})")
+        if self.vram_budget_gb is not None and not bounds.VRAM_BUDGET_GB.contains(self.vram_budget_gb):
+            problems.append(f"the VRAM budget must be {bounds.VRAM_BUDGET_GB.describe()} GB (got {self.vram_budget_gb!r})")
+        if not all(bounds.LOSS_WEIGHT.contains(w) for w in self.loss_weights):
+            problems.append(f"loss weights must be finite, {bounds.LOSS_WEIGHT.describe()} (got {self.loss_weights})")
+        try:
+            check_device(self.device, "device")
+        except CheckError as exc:
+            problems.append(str(exc))
         if self.export_format not in EXPORT_FORMATS:
             problems.append(f"export format must be one of {', '.join(EXPORT_FORMATS)} (got {self.export_format!r})")
         if self.experts not in EXPERT_CHOICES:
@@ -166,11 +184,29 @@ class TrainResult:
     """ComfyUI-native expert files written beside the LoRA (`export_format="comfy"`)."""
 
 
-def _check_paths(out_path: Path, dataset: Path, checkpoint_dir: Path) -> None:
+def _check_paths(out_path: Path, dataset: Path, checkpoint_dir: Path, official_pair: bool = False,
+                 overwrite: bool = False, resume: Optional[Path] = None, cache_dir: Optional[Path] = None,
+                 exported: Sequence[Path] = ()) -> None:
+    """Everything about the files of a run that can be checked before the long work (issue 17, items 2 and 6).
+    exported: the ComfyUI-native expert files the run also writes (`export_format="comfy"`)."""
     if out_path.suffix != ".safetensors":
         raise TrainingError(f"output {out_path}: the LoRA file name must end in .safetensors")
     if not out_path.parent.is_dir():
         raise TrainingError(f"output {out_path}: folder {out_path.parent} does not exist")
+    files = run_files(out_path, official_pair) + list(exported)
+    try:
+        check_destination(out_path, "output", companions=[files[1].name, files[0].stem + "_official"])
+        if cache_dir is not None:
+            check_writable_folder(cache_dir, "cache folder")
+    except CheckError as exc:
+        raise TrainingError(str(exc)) from None
+    own_states = {state_path_for(out_path).resolve(), legacy_state_path_for(out_path).resolve()}
+    continuing = resume is not None and Path(resume).resolve() in own_states
+    existing = [p for p in files if p.exists()]
+    if existing and not overwrite and not continuing:
+        raise TrainingError(f"output {existing[0]} already exists and is not replaced unless asked: choose another "
+                            f"name, ask to overwrite it (--overwrite / overwrite on), or continue its training "
+                            f"(--resume {state_path_for(out_path)})")
     if not dataset.is_dir():
         raise TrainingError(f"dataset {dataset}: folder not found (give a folder of clips with .txt captions, or with metadata.json)")
     if not checkpoint_dir.is_dir():
@@ -202,7 +238,7 @@ class LoraTrainer:
     def __init__(self, checkpoint: Path | str, dataset: Path | str, out_path: Path | str, settings: TrainSettings,
                  cache_dir: Optional[Path | str] = None, resume: Optional[Path | str] = None,
                  init_lora: Optional[Path | str] = None,
-                 progress: Optional[Callable[[TrainProgress], None]] = None) -> None:
+                 progress: Optional[Callable[[TrainProgress], None]] = None, overwrite: bool = False) -> None:
         self.checkpoint_dir, self.dataset = Path(checkpoint), Path(dataset)
         self.out_path = Path(out_path)
         self.settings = settings
@@ -210,17 +246,18 @@ class LoraTrainer:
         self.resume = Path(resume) if resume is not None else None
         self.init_lora = Path(init_lora) if init_lora is not None else None
         self.progress = progress or (lambda p: None)
+        self.overwrite = overwrite
+        """Replace existing files at `out_path` (else they are refused, unless `resume` is their own state)."""
+        self.saved_step: Optional[int] = None
+        """The step of the last LoRA + state written by this run (None: nothing written yet)."""
 
     # -- preparation: everything that can fail on bad input happens before the first write ----------
     def _prepare(self):
         s = self.settings
         s.validate()
-        _check_paths(self.out_path, self.dataset, self.checkpoint_dir)
-        try:
-            checkpoint = MovaCheckpoint.open(self.checkpoint_dir)
-            checkpoint.validate()
-        except (CheckpointError, ValueError, OSError) as exc:
-            raise TrainingError(f"checkpoint {self.checkpoint_dir}: {exc}") from exc
+        exported = comfy_export_paths(self.out_path, s.experts_trained()) if s.export_format == "comfy" else []
+        _check_paths(self.out_path, self.dataset, self.checkpoint_dir, s.official_pair, self.overwrite, self.resume,
+                     self.cache_dir, exported)
         state = None
         if self.resume is not None:
             try:
@@ -233,17 +270,30 @@ class LoraTrainer:
                 init = load_lora(self.init_lora)
             except LoraError as exc:
                 raise TrainingError(f"continue-from LoRA: {exc}") from exc
+        try:  # the captions are read now: a dataset without one usable caption is refused before any loading
+            scan = scan_dataset(self.dataset)
+            check_captions(scan, strict=s.strict_dataset)
+        except DatasetError as exc:
+            raise TrainingError(f"dataset: {exc}") from exc
+        try:
+            checkpoint = MovaCheckpoint.open(self.checkpoint_dir)
+            checkpoint.validate()
+        except (CheckpointError, ValueError, OSError) as exc:
+            raise TrainingError(f"checkpoint {self.checkpoint_dir}: {exc}") from exc
         geometry = ClipGeometry(s.width, s.height, s.frames, s.fps, int(checkpoint.configs.audio_vae.sample_rate))
         self.progress(TrainProgress("encode", 0, s.steps, message="encoding clips"))
         try:
-            scan = scan_dataset(self.dataset)
             clips, skipped = encode_dataset(
                 scan, geometry, checkpoint, self.cache_dir,
                 lambda: ClipEncoders(checkpoint, s.device, torch.bfloat16 if s.device != "cpu" else torch.float32),
-                strict=s.strict_dataset, empty_caption=s.caption_dropout > 0)
+                strict=s.strict_dataset, empty_caption=s.caption_dropout > 0, on_clip=self._on_clip)
         except DatasetError as exc:
             raise TrainingError(f"dataset: {exc}") from exc
         return checkpoint, state, init, clips, skipped
+
+    def _on_clip(self, index: int, count: int, name: str) -> None:
+        """Before each clip is read or encoded: the progress callback may raise here to cancel (within one clip)."""
+        self.progress(TrainProgress("encode", index, count, message=f"encoding clip {index + 1}/{count}: {name}"))
 
     def _build_lora(self, checkpoint: MovaCheckpoint, models: TrainingModels) -> TrainableLora:
         s = self.settings
@@ -264,7 +314,12 @@ class LoraTrainer:
     def run(self) -> TrainResult:
         """Train; hosts that call nodes under `torch.inference_mode()` (ComfyUI) are fine: autograd is re-enabled."""
         with torch.inference_mode(False), torch.enable_grad():
-            return self._run()
+            try:
+                return self._run()
+            except FloatingPointError as exc:
+                kept = (f"the LoRA of step {self.saved_step} is saved in {self.out_path}" if self.saved_step
+                        else "nothing was saved")
+                raise TrainingError(f"{exc}; {kept}") from None
 
     def _run(self) -> TrainResult:
         s = self.settings
@@ -350,7 +405,8 @@ class LoraTrainer:
             (result.loss / s.accumulation).backward()
             total += float(result.loss.detach())
             if not math.isfinite(total):
-                raise FloatingPointError(f"step {step + 1}: the loss is not finite ({total}); lower the learning rate")
+                raise FloatingPointError(f"step {step + 1}: the loss is not finite ({total}) at learning rate {lr:g}; "
+                                         "lower the learning rate (or raise the warm-up steps) and train again")
         clip_and_step(optimizer, schedule, params, s.clip_norm)
         return total / s.accumulation, lr
 
@@ -364,6 +420,7 @@ class LoraTrainer:
         save_state(state_path, step, lora, optimizer, schedule, generator, losses, identity)
         save_lora(lora, self.out_path, dict(meta, steps=str(step)), official_pair=self.settings.official_pair,
                   export_format=self.settings.export_format)
+        self.saved_step = step
         logger.info("saved %s at step %d", self.out_path, step)
 
 

@@ -152,3 +152,40 @@ def test_workers_stop_when_the_model_is_unloaded(comfy, mova_checkpoint, plain_a
     while worker_pids(comfy.server.pid) and time.monotonic() < deadline:
         time.sleep(0.5)
     assert worker_pids(comfy.server.pid) == []
+
+
+def test_a_hung_worker_is_named_with_the_timeout(comfy, mova_checkpoint):
+    """Issue 17, item 4: worker 1 stopped (SIGSTOP) at step 3 with timeout_s=5 used to be reported, 21 s later,
+    as "worker 0 ... exited with code 0": the run must name the worker that did not answer and the timeout."""
+    import time
+
+    wf = with_multigpu(patch_for_speed(load_api("i2va"), mova_checkpoint, seed=96, steps=30, width=128, height=128,
+                                       frames=33, prefix="mova_test/mgpu_hung"), timeout_s=5.0)
+    sampler = node_of(wf, "MovaJointSampler")
+    earlier = set(worker_pids(comfy.server.pid))
+    stamps, stopped = {}, []
+
+    def on_event(event):
+        data = event.get("data") or {}
+        if event["type"] == "progress" and str(data.get("node")) == sampler and data.get("value") == 3 and not stopped:
+            ours = sorted(set(worker_pids(comfy.server.pid)) - earlier)
+            assert len(ours) == 2, ours
+            os.kill(ours[1], signal.SIGSTOP)
+            stopped.append(ours[1])
+            stamps["stop"] = time.monotonic()
+        elif event["type"] in ("execution_error", "execution_success", "execution_interrupted"):
+            stamps["end"] = time.monotonic()
+
+    try:
+        result = comfy.run(wf, timeout=400, on_event=on_event)
+    finally:
+        for pid in stopped:  # never leave a stopped process behind, whatever happened
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+    assert stopped and result.status == "error", f"{result.status}: {result.error}"
+    message = str(result.error)
+    print(f"\nSIGSTOP -> error: {stamps['end'] - stamps['stop']:.1f} s\n{message}")
+    assert f"worker 1 (cpu, pid {stopped[0]}) did not answer within the 5 s timeout" in message, message
+    assert "exited with code" not in message and "restarted on the next run" in message, message
+    assert stamps["end"] - stamps["stop"] < 5 + 10 + 15, stamps
+    assert not Path(f"/proc/{stopped[0]}").exists() or "Z" in Path(f"/proc/{stopped[0]}/stat").read_text().split()[2]

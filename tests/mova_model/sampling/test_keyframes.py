@@ -63,3 +63,13 @@ def test_pipeline_last_image(tiny_pipe):
     with pytest.raises(InputError, match="outside the clip"):
         tiny_pipe.prepare_conditioning("a cat", "", None, width=32, height=32, num_frames=9, video_fps=8.0,
                                        keyframes_uint8={12: rgb})
+
+
+def test_a_keyframe_where_the_first_or_last_image_goes_is_refused(tiny_pipe):
+    """Issue 17, item 8: it used to replace the keyframe without a word."""
+    frame = np.zeros((16, 16, 3), dtype=np.uint8)
+    geometry = dict(width=32, height=32, num_frames=9, video_fps=8.0)
+    with pytest.raises(InputError, match=r"frame 0 \(the first frame\) is where the image input goes"):
+        tiny_pipe.prepare_conditioning("x", image_uint8=frame, keyframes_uint8={0: frame}, **geometry)
+    with pytest.raises(InputError, match=r"frame 8 \(the last frame\) is where the last_image input goes"):
+        tiny_pipe.prepare_conditioning("x", last_image_uint8=frame, keyframes_uint8={-1: frame}, **geometry)
