@@ -11,6 +11,7 @@ from ..mova_model.sampling.pipeline import MovaPipeline
 from .combos import check_combos
 from ..mova_model.sampling.speed import BATCH_GUIDANCE_MODES, SpeedOptions
 from ..mova_model.network.attention import ATTENTION_BACKENDS
+from ..mova_model.network.precision import auto_dtype
 from .paths import checkpoint_folders, checkpoint_path
 from .types import MovaModel, MovaModelHandle
 
@@ -52,12 +53,16 @@ def plan_summary(pipeline: MovaPipeline, name: str) -> str:
 
 
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """`auto` = bf16 on a GPU that supports it, else fp32 (CPU bf16 matmuls are slow)."""
+    """`auto` = bf16 on a GPU where ComfyUI would use bf16 itself (`should_use_bf16`: native bf16, not the
+    emulation `torch.cuda.is_bf16_supported()` also counts), else fp32 (CPU bf16 matmuls are slow)."""
     if choice != "auto":
         return DTYPES[choice]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    native = None
+    if device.type == "cuda":
+        import comfy.model_management as mm
+
+        native = bool(mm.should_use_bf16(device))
+    return auto_dtype(device, native_bf16=native)
 
 
 class MovaLoader(io.ComfyNode):
