@@ -9,7 +9,9 @@ For each storage dtype: the all-resident pass time, then the pass time streamed 
 with `torch.cuda.set_per_process_memory_fraction` (an allocation over the cap raises). The number of
 resident blocks for a cap is what fits after the measured activation peak and the streaming slots.
 Prints per configuration: pass time, ratio to all-resident in the same dtype, peak VRAM, copy waits, whether
-the output is bit-identical to the resident run; targets: <= 1.05x at 24 GB, <= 1.15x at 12 GB.
+the output is bit-identical to the resident run; targets: <= 1.05x at 24 GB, <= 1.15x at 12 GB. Copy waits are
+measured on the device (`bench/copy_waits.py`: CUDA events around each wait on the compute stream, the time
+the GPU stood still for a copy) beside the host-side time, which is ~0 on a GPU whatever the stall.
 
 Needs a CUDA GPU with ~40 GB free for the all-resident bf16 reference and ~64 GB of host RAM.
 Usage (from the repository root): `python -m bench.gpu_streaming [--caps 24 16 12] [--passes 3] [--depth 2]`.
@@ -32,6 +34,8 @@ from mova_model.memory.planner import GB, Architecture, PlanInputs, activation_b
 from mova_model.memory.streaming import BlockStreamer, CudaCopyEngine, ThrottledCopyEngine
 from mova_model.network.ops import Operations
 from mova_model.network.video_dit import VideoDiT
+
+from bench.copy_waits import TimedCopyEngine
 
 RELEASED_VIDEO = {"dim": 5120, "in_dim": 36, "ffn_dim": 13824, "out_dim": 16, "text_dim": 4096, "freq_dim": 256,
                   "eps": 1e-6, "patch_size": [1, 2, 2], "num_heads": 40, "num_layers": 40, "has_image_input": False}
@@ -149,18 +153,21 @@ def run_dtype(fp8: bool, caps, passes: int, depth: int, smoke: bool) -> None:
         n_resident = 0 if smoke else max(0, min(len(blocks), int(room // block_bytes)))
         DEV.reset_peak()
         DEV.cap(cap_bytes + base)
+        engine = TimedCopyEngine(DEV.engine("all"))
         streamer = BlockStreamer(blocks, device, prefetch_depth=depth, resident=blocks[:n_resident],
-                                 copy_engine=DEV.engine("all"))
+                                 copy_engine=engine)
         try:
             with streamer:
                 streamed_s = time_passes(forward(streamer), passes)
                 identical = torch.equal(forward(streamer)(), reference)
+                device_wait = engine.device_wait_s() / (passes + 2)  # per pass (warm-up + timed + check)
                 vram = DEV.peak() - base
                 moved = (len(blocks) - n_resident) * block_bytes
                 out(f"[{label}] cap {cap:>4} GB: {n_resident:2d} resident / {len(blocks) - n_resident:2d} streamed, "
                     f"depth {depth}, {streamed_s:.3f} s/pass = {streamed_s / resident_s:.3f}x resident, peak VRAM "
                     f"{vram / GB:.2f} GB, moved {moved / GB:.2f} GB/pass ({moved / GB / streamed_s:.1f} GB/s), "
-                    f"copy waits {streamer.stats.wait_s:.2f} s, identical={'yes' if identical else 'no'}\n")
+                    f"copy waits {device_wait:.3f} s/pass on the device ({streamer.stats.wait_s / (passes + 2):.3f} "
+                    f"s/pass on the host), identical={'yes' if identical else 'no'}\n")
         except torch.cuda.OutOfMemoryError as exc:
             out(f"[{label}] cap {cap:>4} GB: out of memory ({exc.__class__.__name__})\n")
         finally:
