@@ -9,6 +9,7 @@ from comfy_api.latest import io
 from ..mova_model.memory.model_store import MEMORY_MODES, WEIGHT_MODES, MemoryOptions
 from ..mova_model.sampling.pipeline import MovaPipeline
 from .combos import check_combos
+from .memory_host import attach_memory_host
 from ..mova_model.sampling.speed import BATCH_GUIDANCE_MODES, SpeedOptions
 from ..mova_model.network.attention import ATTENTION_BACKENDS
 from ..mova_model.network.precision import auto_dtype
@@ -29,18 +30,6 @@ def resolve_device(choice: str) -> torch.device:
     if choice == "cuda" and not torch.cuda.is_available():
         raise ValueError("device: 'cuda' was chosen but no CUDA GPU is available (choose 'auto' or 'cpu')")
     return torch.device(choice)
-
-
-def host_vram_probe(device: torch.device):
-    """probe(bytes_needed) -> free VRAM: asks ComfyUI's model management to make room first (unloading other
-    models as it sees fit), then reports the free memory it sees on `device`."""
-    import comfy.model_management as mm
-
-    def probe(needed: float) -> float:
-        mm.free_memory(needed, device)
-        return float(mm.get_free_memory(device))
-
-    return probe
 
 
 def plan_summary(pipeline: MovaPipeline, name: str) -> str:
@@ -83,9 +72,10 @@ class MovaLoader(io.ComfyNode):
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
                                tooltip="Where the model computes. auto: ComfyUI's device."),
                 io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="auto",
-                               tooltip="auto: plan against the free VRAM ComfyUI reports (after asking it to make "
-                                       "room); budget: plan against vram_budget_gb; resident: everything on the GPU "
-                                       "or a clear error. The plan is shown on the plan output."),
+                               tooltip="auto: plan against the VRAM ComfyUI could give (free, or held by other "
+                                       "models it can unload: only what the plan needs is asked for); budget: plan "
+                                       "against vram_budget_gb; resident: everything on the GPU or a clear error. "
+                                       "The plan is shown on the plan output."),
                 io.Float.Input("vram_budget_gb", default=12.0, min=1.0, max=1024.0, step=0.5,
                                tooltip="VRAM to plan against in 'budget' mode (GB)."),
                 io.Combo.Input("weights", options=list(WEIGHT_MODES), default="as stored",
@@ -134,8 +124,7 @@ class MovaLoader(io.ComfyNode):
         speed.check_device(torch_device)  # a missing attention package is reported here, naming what to install
         pipeline = MovaPipeline.from_pretrained(folder, device=torch_device, dtype=torch_dtype, memory=memory,
                                                 speed=speed)
-        if torch_device.type == "cuda":
-            pipeline.free_vram_probe = host_vram_probe(torch_device)
+        attach_memory_host(pipeline)  # ComfyUI sees (and can take back) MOVA's modules; plans ask it for room
         import comfy.model_management as mm
 
         pipeline.interrupt_check = mm.throw_exception_if_processing_interrupted  # between VAE chunks
