@@ -68,7 +68,8 @@ class MovaLoader(io.ComfyNode):
                 io.Combo.Input("checkpoint", options=checkpoint_folders(),
                                tooltip="A folder under models/mova that contains model_index.json."),
                 io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
-                               tooltip="Compute dtype of the DiTs and text encoder. auto: bf16 on a GPU, fp32 on CPU."),
+                               tooltip="Compute dtype of the DiTs and text encoder. auto: bf16 on a GPU with native bf16 "
+                                       "(as ComfyUI judges it), fp32 otherwise."),
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
                                tooltip="Where the model computes. auto: ComfyUI's device."),
                 io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="auto",
