@@ -29,12 +29,48 @@ alive at once exceed it by a whole expert)."""
 SPEED_GOAL = 1.15
 
 
+class HostRegistrations:
+    """Bytes page-locked in place with `cudaHostRegister` (and not yet unregistered) by this process, counted by
+    wrapping the two calls of `torch.cuda.cudart()` once: pinned memory that torch's own statistics do not see."""
+
+    _installed: Optional["HostRegistrations"] = None
+
+    def __init__(self) -> None:
+        self.live: Dict[int, int] = {}
+
+    @classmethod
+    def install(cls) -> "HostRegistrations":
+        if cls._installed is None:
+            counter, cudart = cls(), torch.cuda.cudart()
+            register, unregister = cudart.cudaHostRegister, cudart.cudaHostUnregister
+
+            def counted_register(ptr, nbytes, flags):
+                code = register(ptr, nbytes, flags)
+                if int(getattr(code, "value", code)) == 0:
+                    counter.live[int(ptr)] = int(nbytes)
+                return code
+
+            def counted_unregister(ptr):
+                code = unregister(ptr)
+                counter.live.pop(int(ptr), None)
+                return code
+
+            cudart.cudaHostRegister, cudart.cudaHostUnregister = counted_register, counted_unregister
+            cls._installed = counter
+        return cls._installed
+
+    @property
+    def nbytes(self) -> int:
+        return sum(self.live.values())
+
+
 class DeviceStats:
     """Peak and current device memory and pinned host memory of this process; None on the CPU."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.registrations = HostRegistrations.install() if self.cuda else None
 
     def reset_peak(self) -> None:
         if self.cuda:
@@ -44,13 +80,16 @@ class DeviceStats:
         return torch.cuda.memory_allocated(self.device) if self.cuda else None
 
     def peak(self) -> Optional[int]:
-        return torch.cuda.max_memory_allocated(self.device) if self.cuda else None
+        """Peak bytes the caching allocator had reserved from the device since the last reset (what the card
+        must really hold, fragmentation included; the CUDA context comes on top)."""
+        return torch.cuda.max_memory_reserved(self.device) if self.cuda else None
 
     def pinned(self) -> Optional[int]:
-        """Pinned host bytes held by torch's caching host allocator (rounded blocks, cached ones included)."""
+        """Pinned host bytes: torch's caching host allocator (rounded blocks, cached ones included) plus ranges
+        page-locked in place with `cudaHostRegister`."""
         if not self.cuda:
             return None
-        return int(torch.cuda.host_memory_stats().get("allocated_bytes.current", 0))
+        return int(torch.cuda.host_memory_stats().get("allocated_bytes.current", 0)) + self.registrations.nbytes
 
     def cap(self, nbytes: float) -> None:
         """Make allocations past `nbytes` (plus what is allocated now) fail, as on a card of that size."""
@@ -79,8 +118,11 @@ def streaming_budget(pipe, clip: dict, steps: int) -> Optional[float]:
 
 
 def planned_pinned_bytes(plan) -> float:
-    """Pinned host bytes the plan implies: every streamed module once ("all") or two staging buffers of the
-    largest one ("ring"). Written against the current planner (no pinned-bytes figure of its own yet)."""
+    """Pinned host bytes the plan counts (`MemoryPlan.pinned_bytes` where the planner has it), else what its pin
+    mode implies: every streamed module once ("all") or two staging buffers of the largest one ("ring")."""
+    figure = getattr(plan, "pinned_bytes", None)
+    if figure is not None:
+        return float(figure)
     streamed = [m.nbytes for m in plan.modules if not m.resident]
     if plan.pin == "all":
         return float(sum(streamed))
@@ -95,7 +137,7 @@ def peak_row(section: str, name: str, measured: Optional[int], planned: float, b
         return Row(section, name, "SKIP", f"plan {planned / GB:.3f} GB; no device-memory statistics on the CPU", goal)
     limit = min(planned * PEAK_MARGIN, budget) if budget else planned * PEAK_MARGIN
     return Row(section, name, judge(measured, limit),
-               f"measured {measured / GB:.3f} GB, plan {planned / GB:.3f} GB ({measured / max(planned, 1.0):.2f}x)", goal)
+               f"reserved {measured / GB:.3f} GB, plan {planned / GB:.3f} GB ({measured / max(planned, 1.0):.2f}x)", goal)
 
 
 def switch_row(section: str, steps: list, expert_bytes: float, plan_figure: float) -> Row:
@@ -119,7 +161,8 @@ def _phase_run(ctx: Ctx, pipe, clip: dict, stats: DeviceStats, plan=None) -> Dic
     from mova_model.sampling.guidance import GuidanceConfig
 
     out: Dict[str, object] = {"steps": [], "pinned": []}
-    base = stats.allocated() or 0
+    free_device(ctx)
+    base = stats.allocated() or 0  # what others hold (the cache emptied): the phases are measured above it
     rel = lambda peak: None if peak is None else peak - base  # noqa: E731
 
     stats.reset_peak()
@@ -131,6 +174,7 @@ def _phase_run(ctx: Ctx, pipe, clip: dict, stats: DeviceStats, plan=None) -> Dic
         out["pinned"].append(stats.pinned())
         stats.reset_peak()
 
+    free_device(ctx)
     stats.reset_peak()
     latents = comfy_like(lambda: pipe.sample(cond, seed=SEED, steps=ctx.steps, guidance=GuidanceConfig(text_scale=5.0),
                                              callback=on_step, plan=plan), ctx.comfy_conditions)
@@ -140,6 +184,7 @@ def _phase_run(ctx: Ctx, pipe, clip: dict, stats: DeviceStats, plan=None) -> Dic
     stats.reset_peak()
     comfy_like(lambda: pipe.decode_video(latents), ctx.comfy_conditions)
     out["VAE decode"] = rel(stats.peak())
+    free_device(ctx)
     stats.reset_peak()
     comfy_like(lambda: pipe.decode_audio(latents), ctx.comfy_conditions)
     out["audio decode"] = rel(stats.peak())

@@ -81,11 +81,16 @@ def budget_decisions(folder: Path, args, budgets=GPU_BUDGETS_GB) -> list:
                                 clip_size=(width, height, args.frames, args.fps), experts="both")
         inputs = PlanInputs(vram_bytes=budget * PLAN_GB, ram_bytes=1e15, width=width, height=height,
                             frames=args.frames, fps=args.fps, cfg_passes=1, mode="budget")
-        arch = Architecture.from_configs(ck.configs)
-        plan = plan_training(inputs, arch, experts="both")
-        peak = plan.vram_peak
-        if not models.streamed():  # the blocks resident instead of the stream slots (as `TrainingModels` counts)
-            peak += sum(m.nbytes for m in execution_modules(arch, inputs)) - plan.vram.get("stream slots (2 passes)", 0.0)
+        own = getattr(models, "plan", None)  # the training plan the run follows, where `TrainingModels` keeps it
+        if own is not None:
+            peak = own.vram_peak
+        else:
+            arch = Architecture.from_configs(ck.configs)
+            plan = plan_training(inputs, arch, experts="both")
+            peak = plan.vram_peak
+            if not models.streamed():  # the blocks resident instead of the stream slots (as `TrainingModels` counts)
+                peak += (sum(m.nbytes for m in execution_modules(arch, inputs))
+                         - plan.vram.get("stream slots (2 passes)", 0.0))
         out.append({"budget_gb": budget, "streamed": models.streamed(), "plan_vram_gb": peak / PLAN_GB})
     return out
 
