@@ -222,6 +222,20 @@ class MovaPipeline:
                              + ("" if candidate.mode == "cpu" else " (or use fp8 weights, or free VRAM)"))
         return plan
 
+    @property
+    def free_vram_probe(self) -> Optional[Callable[[float], float]]:
+        """probe(bytes_needed) -> the VRAM MOVA may use, after the memory host made room for `bytes_needed` (None
+        without a host). For callers that plan against one figure of their own (the training node)."""
+        host = self.memory_host
+        if host is None:
+            return None
+
+        def probe(needed: float) -> float:
+            host.claim(self.device, float(needed))
+            return float(host.available_vram(self.device))
+
+        return probe
+
     def claim_vram(self, plan, phases) -> None:
         """Before `phases` run: ask the memory host (if any) for the plan's largest figure among them (0 for a
         CPU plan: the host only registers MOVA's modules, so it can ask them back)."""

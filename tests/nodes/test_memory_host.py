@@ -122,3 +122,14 @@ def test_cpu_sampling_claims_through_the_host_on_every_phase(node_module, tiny_f
     latents = pipeline.sample(cond, seed=1, steps=1)
     pipeline.decode_video(latents), pipeline.decode_audio(latents)
     assert claims == [("cpu", 0.0)] * 4
+
+
+def test_the_one_figure_probe_claims_then_reports(node_module, tiny_folder):
+    """`free_vram_probe` (what a caller with its own plan figure, the training node, uses): room for the figure is
+    claimed from the host, then what MOVA may use is reported."""
+    pipeline = _pipeline(node_module, tiny_folder, attach=False)
+    assert pipeline.free_vram_probe is None
+    calls = []
+    pipeline.memory_host = type("Recording", (), {"claim": lambda self, dev, need: calls.append(("claim", need)),
+                                                   "available_vram": lambda self, dev: calls.append("available") or 7e9})()
+    assert pipeline.free_vram_probe(5e9) == 7e9 and calls == [("claim", 5e9), "available"]
