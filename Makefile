@@ -2,11 +2,12 @@
 #   make venv   create .venv and install the ComfyUI host + pack deps + browser tooling (idempotent)
 #   make test   every test, including the real-host (`host`) and browser (`browser`) ones
 #   make demo   run the image-to-video+audio workflow through a real ComfyUI; prints the mp4 path
+#   make gpu-check  on a machine with a GPU: one table of PASS/FAIL rows (bench/gpu_check.py; < 8 min)
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo clean-artifacts
+.PHONY: venv test test-fast demo gpu-check clean-artifacts
 
 venv:
 	@test -x $(PYTHON) || python3 -m venv $(VENV)
@@ -26,6 +27,10 @@ test-fast:
 
 demo: venv
 	$(PYTHON) scripts/demo.py --venv $(VENV)
+
+# The first thing to run on a GPU machine; GPU_CHECK_ARGS e.g. "--quick" or "--checkpoint models/mova/MOVA-360p".
+gpu-check: venv
+	$(PYTHON) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean-artifacts:
 	rm -rf tests/artifacts demo-output

@@ -9,7 +9,9 @@ For each storage dtype: the all-resident pass time, then the pass time streamed 
 with `torch.cuda.set_per_process_memory_fraction` (an allocation over the cap raises). The number of
 resident blocks for a cap is what fits after the measured activation peak and the streaming slots.
 Prints per configuration: pass time, ratio to all-resident in the same dtype, peak VRAM, copy waits, whether
-the output is bit-identical to the resident run; targets: <= 1.05x at 24 GB, <= 1.15x at 12 GB.
+the output is bit-identical to the resident run; targets: <= 1.05x at 24 GB, <= 1.15x at 12 GB. Copy waits are
+measured on the device (`bench/copy_waits.py`: CUDA events around each wait on the compute stream, the time
+the GPU stood still for a copy) beside the host-side time, which is ~0 on a GPU whatever the stall.
 
 Needs a CUDA GPU with ~40 GB free for the all-resident bf16 reference and ~64 GB of host RAM.
 Usage (from the repository root): `python -m bench.gpu_streaming [--caps 24 16 12] [--passes 3] [--depth 2]`.
@@ -21,6 +23,7 @@ import argparse
 import statistics
 import sys
 import time
+from typing import Optional
 
 import torch
 from torch import nn
@@ -32,6 +35,8 @@ from mova_model.memory.planner import GB, Architecture, PlanInputs, activation_b
 from mova_model.memory.streaming import BlockStreamer, CudaCopyEngine, ThrottledCopyEngine
 from mova_model.network.ops import Operations
 from mova_model.network.video_dit import VideoDiT
+
+from bench.copy_waits import TimedCopyEngine
 
 RELEASED_VIDEO = {"dim": 5120, "in_dim": 36, "ffn_dim": 13824, "out_dim": 16, "text_dim": 4096, "freq_dim": 256,
                   "eps": 1e-6, "patch_size": [1, 2, 2], "num_heads": 40, "num_layers": 40, "has_image_input": False}
@@ -92,21 +97,26 @@ def build_blocks(device: torch.device, fp8: bool, config: dict, seed: int = 0) -
     return dit, list(dit.blocks)
 
 
-def time_passes(fn, passes: int) -> float:
+def time_passes(fn, passes: int, dev: "Device") -> float:
     fn()
-    DEV.sync()
+    dev.sync()
     times = []
     for _ in range(passes):
         start = time.perf_counter()
         fn()
-        DEV.sync()
+        dev.sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def run_dtype(fp8: bool, caps, passes: int, depth: int, smoke: bool) -> None:
+def measure_dtype(fp8: bool, caps, passes: int, depth: int, smoke: bool, dev: Optional["Device"] = None) -> dict:
+    """All-resident pass time and activation peak, then per VRAM cap (GB) the streamed pass: a dict with
+    "label", "blocks", "block_bytes", "tokens", "resident_s", "weights", "activations", "estimate" and "caps"
+    (one dict per cap: "cap", "fits", and when it fits "n_resident", "streamed_s", "ratio", "vram", "moved",
+    "device_wait_s" and "host_wait_s" per pass, "identical", or "oom")."""
+    dev = dev or DEV
     label = "fp8" if fp8 else "bf16"
-    device = DEV.device
+    device = dev.device
     config, grid = (SMOKE_VIDEO, SMOKE_GRID) if smoke else (RELEASED_VIDEO, GRID)
     dim = config["dim"]
     dit, blocks = build_blocks(device, fp8, config)
@@ -117,7 +127,6 @@ def run_dtype(fp8: bool, caps, passes: int, depth: int, smoke: bool) -> None:
     context = torch.randn(1, 512, dim, generator=gen, device=device, dtype=torch.bfloat16)
     t_mod = torch.randn(1, 6, dim, generator=gen, device=device, dtype=torch.bfloat16) * 0.1
     freqs = dit.rope(grid, device)
-    out = sys.stdout.write
 
     def forward(executor):
         def run():
@@ -127,47 +136,70 @@ def run_dtype(fp8: bool, caps, passes: int, depth: int, smoke: bool) -> None:
             return h
         return run
 
-    DEV.reset_peak()
-    base = DEV.allocated()
-    with BlockStreamer(blocks, device, prefetch_depth=0, resident=blocks, copy_engine=DEV.engine("ring")) as resident:
-        weights = DEV.allocated() - base
-        resident_s = time_passes(forward(resident), passes)
+    dev.reset_peak()
+    base = dev.allocated()
+    with BlockStreamer(blocks, device, prefetch_depth=0, resident=blocks, copy_engine=dev.engine("ring")) as resident:
+        weights = dev.allocated() - base
+        resident_s = time_passes(forward(resident), passes, dev)
         reference = forward(resident)()
-        peak = DEV.peak() - base
+        peak = dev.peak() - base
     activations = peak - weights
     estimate = activation_bytes(Architecture.released(), PlanInputs(vram_bytes=80 * GB, ram_bytes=128 * GB))
-    out(f"[{label}] {len(blocks)} blocks x {block_bytes / 1e9:.3f} GB, {tokens} tokens; all-resident "
-        f"{resident_s:.3f} s/pass, weights {weights / GB:.2f} GB, activation peak {activations / GB:.2f} GB "
-        f"(planner estimate at 360p {estimate / GB:.2f} GB incl. audio and slack)\n")
+    result = {"label": label, "blocks": len(blocks), "block_bytes": block_bytes, "tokens": tokens,
+              "resident_s": resident_s, "weights": weights, "activations": activations, "estimate": estimate,
+              "caps": []}
     for cap in caps:
         cap_bytes = cap * GB
         slots = (depth + 1) * block_bytes
         room = cap_bytes - activations * 1.05 - slots - 0.5 * GB
+        row = {"cap": cap, "fits": room >= 0, "slots": slots}
+        result["caps"].append(row)
         if room < 0:
-            out(f"[{label}] cap {cap:>4} GB: does not fit (activations {activations / GB:.2f} GB + slots {slots / GB:.2f} GB)\n")
             continue
         n_resident = 0 if smoke else max(0, min(len(blocks), int(room // block_bytes)))
-        DEV.reset_peak()
-        DEV.cap(cap_bytes + base)
+        dev.reset_peak()
+        dev.cap(cap_bytes + base)
+        engine = TimedCopyEngine(dev.engine("all"))
         streamer = BlockStreamer(blocks, device, prefetch_depth=depth, resident=blocks[:n_resident],
-                                 copy_engine=DEV.engine("all"))
+                                 copy_engine=engine)
         try:
             with streamer:
-                streamed_s = time_passes(forward(streamer), passes)
+                streamed_s = time_passes(forward(streamer), passes, dev)
                 identical = torch.equal(forward(streamer)(), reference)
-                vram = DEV.peak() - base
-                moved = (len(blocks) - n_resident) * block_bytes
-                out(f"[{label}] cap {cap:>4} GB: {n_resident:2d} resident / {len(blocks) - n_resident:2d} streamed, "
-                    f"depth {depth}, {streamed_s:.3f} s/pass = {streamed_s / resident_s:.3f}x resident, peak VRAM "
-                    f"{vram / GB:.2f} GB, moved {moved / GB:.2f} GB/pass ({moved / GB / streamed_s:.1f} GB/s), "
-                    f"copy waits {streamer.stats.wait_s:.2f} s, identical={'yes' if identical else 'no'}\n")
+                calls = passes + 2  # warm-up, timed passes, the equality check
+                row.update(n_resident=n_resident, streamed_s=streamed_s, ratio=streamed_s / resident_s,
+                           vram=dev.peak() - base, moved=(len(blocks) - n_resident) * block_bytes,
+                           device_wait_s=engine.device_wait_s() / calls, host_wait_s=streamer.stats.wait_s / calls,
+                           identical=identical)
         except torch.cuda.OutOfMemoryError as exc:
-            out(f"[{label}] cap {cap:>4} GB: out of memory ({exc.__class__.__name__})\n")
+            row["oom"] = exc.__class__.__name__
         finally:
-            DEV.cap(float("inf"))
+            dev.cap(float("inf"))
     blocks.clear()
     del dit
-    DEV.reset_peak()
+    dev.reset_peak()
+    return result
+
+
+def run_dtype(fp8: bool, caps, passes: int, depth: int, smoke: bool) -> None:
+    r = measure_dtype(fp8, caps, passes, depth, smoke)
+    label, out = r["label"], sys.stdout.write
+    out(f"[{label}] {r['blocks']} blocks x {r['block_bytes'] / 1e9:.3f} GB, {r['tokens']} tokens; all-resident "
+        f"{r['resident_s']:.3f} s/pass, weights {r['weights'] / GB:.2f} GB, activation peak {r['activations'] / GB:.2f} GB "
+        f"(planner estimate at 360p {r['estimate'] / GB:.2f} GB incl. audio and slack)\n")
+    for c in r["caps"]:
+        cap = c["cap"]
+        if not c["fits"]:
+            out(f"[{label}] cap {cap:>4} GB: does not fit (activations {r['activations'] / GB:.2f} GB + slots "
+                f"{c['slots'] / GB:.2f} GB)\n")
+        elif "oom" in c:
+            out(f"[{label}] cap {cap:>4} GB: out of memory ({c['oom']})\n")
+        else:
+            out(f"[{label}] cap {cap:>4} GB: {c['n_resident']:2d} resident / {r['blocks'] - c['n_resident']:2d} streamed, "
+                f"{c['streamed_s']:.3f} s/pass = {c['ratio']:.3f}x resident, peak VRAM {c['vram'] / GB:.2f} GB, moved "
+                f"{c['moved'] / GB:.2f} GB/pass ({c['moved'] / GB / c['streamed_s']:.1f} GB/s), copy waits "
+                f"{c['device_wait_s']:.3f} s/pass on the device ({c['host_wait_s']:.3f} s/pass on the host), "
+                f"identical={'yes' if c['identical'] else 'no'}\n")
 
 
 def main(argv=None) -> int:

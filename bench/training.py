@@ -18,8 +18,11 @@
    Note: the resident run computes in fp32 from bf16 weights, so without checkpointing autograd also keeps
    every layer's fp32 weight cast until the backward (as it would keep dequantized fp8 weights on a GPU).
 
-`--gpu` (needs CUDA): step time and `torch.cuda.max_memory_allocated` of the streamed step under VRAM budgets
-of 12, 16 and 24 GB on the real checkpoint sizes you pass with `--dir` (not run on the CPU-only dev machine).
+`--gpu` (needs CUDA): for VRAM budgets of 12, 16 and 24 GB on the checkpoint you pass with `--dir`, what the
+training plan decides (blocks resident, or streamed with checkpointing), the plan's VRAM figure, and the
+measured step time and `torch.cuda.max_memory_allocated` of that configuration, each budget enforced with
+`torch.cuda.set_per_process_memory_fraction` (an allocation past it raises). Not run on the CPU-only dev
+machine; `budget_decisions` (what each budget runs) is tested on the CPU.
 
 Usage: `python -m bench.training [--scale 16] [--size 160x160 --frames 17] [--steps 2] [--gpu]`.
 """
@@ -58,6 +61,40 @@ def random_clip(checkpoint, width: int, height: int, frames: int, fps: float, se
                        audio_latents=torch.randn(1, cfg.audio_dit.in_dim, audio_len, generator=g), video_fps=fps)
 
 
+GPU_BUDGETS_GB = (12.0, 16.0, 24.0)
+
+
+def budget_decisions(folder: Path, args, budgets=GPU_BUDGETS_GB) -> list:
+    """Per VRAM budget, what a training run on a GPU does: {"budget_gb", "streamed" (the plan's decision, made by
+    `TrainingModels` itself), "plan_vram_gb" (the training plan's peak for this clip, both experts)}.
+    Nothing is built (the planner reads the configs)."""
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.memory.sizes import GB as PLAN_GB, Architecture, PlanInputs, execution_modules
+    from mova_model.memory.training_plan import plan_training
+    from mova_model.training.models import TrainingModels
+
+    ck = MovaCheckpoint.open(folder)
+    width, height = args.size
+    out = []
+    for budget in budgets:
+        models = TrainingModels(ck, "cuda", "as stored", vram_budget_gb=budget,
+                                clip_size=(width, height, args.frames, args.fps), experts="both")
+        inputs = PlanInputs(vram_bytes=budget * PLAN_GB, ram_bytes=1e15, width=width, height=height,
+                            frames=args.frames, fps=args.fps, cfg_passes=1, mode="budget")
+        own = getattr(models, "plan", None)  # the training plan the run follows, where `TrainingModels` keeps it
+        if own is not None:
+            peak = own.vram_peak
+        else:
+            arch = Architecture.from_configs(ck.configs)
+            plan = plan_training(inputs, arch, experts="both")
+            peak = plan.vram_peak
+            if not models.streamed():  # the blocks resident instead of the stream slots (as `TrainingModels` counts)
+                peak += (sum(m.nbytes for m in execution_modules(arch, inputs))
+                         - plan.vram.get("stream slots (2 passes)", 0.0))
+        out.append({"budget_gb": budget, "streamed": models.streamed(), "plan_vram_gb": peak / PLAN_GB})
+    return out
+
+
 def run_steps(folder: Path, mode: str, args, device: str = "cpu", budget_gb: Optional[float] = None) -> dict:
     from mova_model.checkpoint.folder import MovaCheckpoint, build_meta_module
     from mova_model.memory.copy_engines import ThrottledCopyEngine
@@ -73,13 +110,16 @@ def run_steps(folder: Path, mode: str, args, device: str = "cpu", budget_gb: Opt
     width, height = args.size
     clip = random_clip(ck, width, height, args.frames, args.fps)
     timesteps = TrainingTimesteps.from_scheduler(FlowMatchPairScheduler(ck.configs.scheduler), ck.configs.index.boundary_ratio)
+    planned = mode == "planned"  # on a GPU: the training plan decides for the budget (resident or streamed)
     streamed = mode == "streamed"
     engine = (lambda: ThrottledCopyEngine()) if device == "cpu" else None
     # bf16 weights stay memory-mapped (not anonymous memory); on the CPU the compute is fp32 (the weights are
     # cast per layer call) so the two modes' gradients can be compared at float32 precision
-    models = TrainingModels(ck, device, "as stored", gradient_checkpointing=streamed, stream=streamed,
-                            vram_budget_gb=budget_gb, copy_engine_factory=engine if streamed else None,
-                            compute_dtype=torch.float32 if device == "cpu" else None)
+    models = TrainingModels(ck, device, "as stored", gradient_checkpointing=streamed or planned,
+                            stream=None if planned else streamed, vram_budget_gb=budget_gb,
+                            copy_engine_factory=engine if streamed else None,
+                            compute_dtype=torch.float32 if device == "cpu" else None,
+                            clip_size=(width, height, args.frames, args.fps), experts="both")
     metas = {n: build_meta_module(n, ck.config(n)) for n in COMPONENTS}
     lora = TrainableLora.for_modules(metas, args.rank, float(args.rank), LoraTargets.parse("official"), device=device)
     lora.reset_official(torch.Generator().manual_seed(1))
@@ -107,7 +147,7 @@ def run_steps(folder: Path, mode: str, args, device: str = "cpu", budget_gb: Opt
         if device != "cpu":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
-    out = {"losses": losses, "step_s": times, "grads": grads}
+    out = {"losses": losses, "step_s": times, "grads": grads, "streamed": models.streamed()}
     if device != "cpu":
         out["vram_peak"] = torch.cuda.max_memory_allocated()
     models.release()
@@ -130,9 +170,20 @@ def gpu_mode(args) -> int:
     if not torch.cuda.is_available():
         sys.stderr.write("--gpu needs a CUDA device; none is available here\n")
         return 2
-    for budget in (12.0, 16.0, 24.0):
-        r = run_steps(args.dir, "streamed", args, device="cuda", budget_gb=budget)
-        sys.stdout.write(f"budget {budget:4.0f} GB: VRAM peak {r['vram_peak'] / GB:6.2f} GB, step "
+    total = torch.cuda.get_device_properties(0).total_memory
+    for decision in budget_decisions(args.dir, args):
+        budget = decision["budget_gb"]
+        torch.cuda.empty_cache()
+        torch.cuda.set_per_process_memory_fraction(min(1.0, budget * GB / total))
+        try:
+            r = run_steps(args.dir, "planned", args, device="cuda", budget_gb=budget)
+        except torch.cuda.OutOfMemoryError:
+            sys.stdout.write(f"budget {budget:4.0f} GB: OUT OF MEMORY (plan {decision['plan_vram_gb']:.2f} GB)\n")
+            continue
+        finally:
+            torch.cuda.set_per_process_memory_fraction(1.0)
+        sys.stdout.write(f"budget {budget:4.0f} GB: {'streamed' if r['streamed'] else 'resident'} (plan: "
+                         f"{decision['plan_vram_gb']:.2f} GB), VRAM peak {r['vram_peak'] / GB:6.2f} GB, step "
                          f"{min(r['step_s']):.2f} s (best of {len(r['step_s'])}), loss {r['losses'][-1]:.4f}\n")
     return 0
 

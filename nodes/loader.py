@@ -9,8 +9,10 @@ from comfy_api.latest import io
 from ..mova_model.memory.model_store import MEMORY_MODES, WEIGHT_MODES, MemoryOptions
 from ..mova_model.sampling.pipeline import MovaPipeline
 from .combos import check_combos
+from .memory_host import attach_memory_host
 from ..mova_model.sampling.speed import BATCH_GUIDANCE_MODES, SpeedOptions
 from ..mova_model.network.attention import ATTENTION_BACKENDS
+from ..mova_model.network.precision import auto_dtype
 from .paths import checkpoint_folders, checkpoint_path
 from .types import MovaModel, MovaModelHandle
 
@@ -30,18 +32,6 @@ def resolve_device(choice: str) -> torch.device:
     return torch.device(choice)
 
 
-def host_vram_probe(device: torch.device):
-    """probe(bytes_needed) -> free VRAM: asks ComfyUI's model management to make room first (unloading other
-    models as it sees fit), then reports the free memory it sees on `device`."""
-    import comfy.model_management as mm
-
-    def probe(needed: float) -> float:
-        mm.free_memory(needed, device)
-        return float(mm.get_free_memory(device))
-
-    return probe
-
-
 def plan_summary(pipeline: MovaPipeline, name: str) -> str:
     """The text the Loader shows: the memory plan for the model's default clip (640x352, 193 frames, text CFG)."""
     head = f"{name}: compute {str(pipeline.dtype).replace('torch.', '')} on {pipeline.device}"
@@ -55,12 +45,16 @@ def plan_summary(pipeline: MovaPipeline, name: str) -> str:
 
 
 def resolve_dtype(choice: str, device: torch.device) -> torch.dtype:
-    """`auto` = bf16 on a GPU that supports it, else fp32 (CPU bf16 matmuls are slow)."""
+    """`auto` = bf16 on a GPU where ComfyUI would use bf16 itself (`should_use_bf16`: native bf16, not the
+    emulation `torch.cuda.is_bf16_supported()` also counts), else fp32 (CPU bf16 matmuls are slow)."""
     if choice != "auto":
         return DTYPES[choice]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
+    native = None
+    if device.type == "cuda":
+        import comfy.model_management as mm
+
+        native = bool(mm.should_use_bf16(device))
+    return auto_dtype(device, native_bf16=native)
 
 
 class MovaLoader(io.ComfyNode):
@@ -77,13 +71,15 @@ class MovaLoader(io.ComfyNode):
                 io.Combo.Input("checkpoint", options=checkpoint_folders(),
                                tooltip="A folder under models/mova that contains model_index.json."),
                 io.Combo.Input("dtype", options=["auto", "bf16", "fp16", "fp32"], default="auto",
-                               tooltip="Compute dtype of the DiTs and text encoder. auto: bf16 on a GPU, fp32 on CPU."),
+                               tooltip="Compute dtype of the DiTs and text encoder. auto: bf16 on a GPU with native bf16 "
+                                       "(as ComfyUI judges it), fp32 otherwise."),
                 io.Combo.Input("device", options=["auto", "cuda", "cpu"], default="auto",
                                tooltip="Where the model computes. auto: ComfyUI's device."),
                 io.Combo.Input("memory_mode", options=list(MEMORY_MODES), default="auto",
-                               tooltip="auto: plan against the free VRAM ComfyUI reports (after asking it to make "
-                                       "room); budget: plan against vram_budget_gb; resident: everything on the GPU "
-                                       "or a clear error. The plan is shown on the plan output."),
+                               tooltip="auto: plan against the VRAM ComfyUI could give (free, or held by other "
+                                       "models it can unload: only what the plan needs is asked for); budget: plan "
+                                       "against vram_budget_gb; resident: everything on the GPU or a clear error. "
+                                       "The plan is shown on the plan output."),
                 io.Float.Input("vram_budget_gb", default=12.0, min=1.0, max=1024.0, step=0.5,
                                tooltip="VRAM to plan against in 'budget' mode (GB)."),
                 io.Combo.Input("weights", options=list(WEIGHT_MODES), default="as stored",
@@ -132,8 +128,7 @@ class MovaLoader(io.ComfyNode):
         speed.check_device(torch_device)  # a missing attention package is reported here, naming what to install
         pipeline = MovaPipeline.from_pretrained(folder, device=torch_device, dtype=torch_dtype, memory=memory,
                                                 speed=speed)
-        if torch_device.type == "cuda":
-            pipeline.free_vram_probe = host_vram_probe(torch_device)
+        attach_memory_host(pipeline)  # ComfyUI sees (and can take back) MOVA's modules; plans ask it for room
         import comfy.model_management as mm
 
         pipeline.interrupt_check = mm.throw_exception_if_processing_interrupted  # between VAE chunks

@@ -90,7 +90,8 @@ def pack_import_failures(log_text: str, pack_names: list[str]) -> list[str]:
 
 
 class ComfyServer:
-    """One headless ComfyUI process (``main.py --cpu``) with the given packs symlinked in.
+    """One headless ComfyUI process (``main.py --cpu``, or on its GPU with ``cpu=False``) with the given packs
+    symlinked in.
 
     ``base`` gets ``custom_nodes/ models/ input/ output/ temp/ user/`` and the log
     ``comfyui.log``. ``packs`` maps link names to pack folders (a list of folders links
@@ -105,6 +106,7 @@ class ComfyServer:
         port: int | None = None,
         extra_args: list[str] = (),
         env: dict[str, str] | None = None,
+        cpu: bool = True,
     ):
         self.venv = Path(venv).absolute()
         self.comfy_dir = self.venv / "comfyui"
@@ -121,6 +123,7 @@ class ComfyServer:
         self.url = f"http://127.0.0.1:{self.port}"
         self.extra_args = list(extra_args)
         self.env = env
+        self.cpu = cpu  # False: ComfyUI uses its GPU (bench/gpu_check.py's host row)
         self.log_path = self.base / "comfyui.log"
         self.process: subprocess.Popen | None = None
         self.startup_seconds: float | None = None
@@ -148,7 +151,7 @@ class ComfyServer:
     def command(self) -> list[str]:
         """The ComfyUI command line (run with ``cwd=venv/comfyui``)."""
         return [
-            str(self.python), "main.py", "--cpu",
+            str(self.python), "main.py", *(["--cpu"] if self.cpu else []),
             "--listen", "127.0.0.1", "--port", str(self.port),
             "--base-directory", str(self.base),
             "--database-url", f"sqlite:///{self.base}/user/comfyui.db",

@@ -11,6 +11,10 @@ import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
+# Attention inputs a GPU's fused kernels would refuse (a non-unit last-dim stride) are errors in every test,
+# in this process and in the ranks and servers it starts (mova_model/network/attention.py, `kernel_inputs`).
+os.environ["MOVA_STRICT_ATTENTION_LAYOUT"] = "1"
+
 # The real-ComfyUI fixtures (`comfy`, `mova_checkpoint`), shared by tests/host and tests/browser.
 pytest_plugins = ["host_fixtures"]
 

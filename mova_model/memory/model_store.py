@@ -8,6 +8,9 @@
   `materialized` counts builds per component, so tests can check what was never loaded.
 - `SamplingModels`: the `sampler.DenoiserModels` view of one sampling run: LoRA patches attached while it
   runs, and, when the plan streams, one `BlockStreamer` per expert as the denoiser's executor.
+- `MemoryHost`: what a host application's memory manager offers MOVA (ComfyUI's adapter is
+  `nodes/memory_host.py`): the VRAM MOVA may plan with, and room for a phase's planned figure; the host asks
+  MOVA's modules back through `ComponentCache.resident_bytes` / `release_for_host`.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Protocol
 
 import torch
 from torch import nn
@@ -56,6 +59,21 @@ class MemoryOptions:
             raise ValueError(f"prefetch depth must be at least 1, got {self.prefetch_depth}")
 
 
+class MemoryHost(Protocol):
+    """A host application's memory manager, as MOVA uses it (bytes throughout)."""
+
+    def available_vram(self, device: torch.device) -> float:
+        """The VRAM MOVA may plan with on `device`: free now, plus what the host could take back from its other
+        models, plus what MOVA's own modules hold. Asks nothing of the host (no model is unloaded)."""
+        ...
+
+    def claim(self, device: torch.device, need_bytes: float) -> None:
+        """Before a phase runs: make room so MOVA can hold `need_bytes` on `device` (its plan's figure for the
+        phase, its resident modules included), unloading the host's other models only as far as that needs,
+        and keep MOVA's modules registered so the host can ask them back later."""
+        ...
+
+
 class ComponentCache:
     """Built modules of one checkpoint (see the module docstring)."""
 
@@ -67,6 +85,8 @@ class ComponentCache:
         self.modules: Dict[str, nn.Module] = {}
         self.resident: Dict[str, bool] = {}
         self.materialized: Counter = Counter()
+        self.host_handle: Optional[object] = None
+        """The host's record of this cache (ComfyUI: its model-management entry), kept alive with the cache."""
 
     def verify_files(self, components=None) -> None:
         """Before a run: drop every module built from weight files that changed on disk since they were checked
@@ -114,6 +134,40 @@ class ComponentCache:
     def release_all(self) -> None:
         for name in list(self.modules):
             self.release(name)
+
+    def module_bytes(self, name: str) -> int:
+        """Bytes of the parameters and buffers of built module `name` (0 when not built)."""
+        module = self.modules.get(name)
+        if module is None:
+            return 0
+        tensors = {t.data_ptr(): t for t in list(module.parameters()) + list(module.buffers()) if t.numel()}
+        return int(sum(t.numel() * t.element_size() for t in tensors.values()))
+
+    def resident_bytes(self) -> int:
+        """Bytes of the modules held whole on the compute device (on the CPU: every built module)."""
+        return sum(self.module_bytes(name) for name in self.modules
+                   if self.resident.get(name) or self.device.type == "cpu")
+
+    def release_for_host(self, nbytes: Optional[float] = None) -> int:
+        """The host wants memory back: release resident modules, largest first, until at least `nbytes` are
+        freed (None: every built module, resident or streamed). Returns the bytes of the resident modules
+        released. A released module is built again, from its memory-mapped files, when next used."""
+        order = sorted((name for name in self.modules if self.resident.get(name) or self.device.type == "cpu"),
+                       key=self.module_bytes, reverse=True)
+        freed, names = 0, []
+        for name in order:
+            if nbytes is not None and freed >= nbytes:
+                break
+            freed += self.module_bytes(name)
+            names.append(name)
+            self.release(name)
+        if nbytes is None:
+            names += list(self.modules)
+            self.release_all()
+        if names:
+            logger.info("the host asked for memory back: released %s (%.1f MB on %s)", ", ".join(names), freed / 1e6,
+                        self.device)
+        return freed
 
 
 class SamplingModels:

@@ -69,7 +69,9 @@ class ParallelContext:
         self._set_step(step)
         cfg, index = self.layout.cfg, self.cfg_group.index
         if cfg == 1:
-            return {branch: forward(branch) for branch in branches}
+            out = {branch: forward(branch) for branch in branches}
+            self.settle()
+            return out
         if len(branches) < cfg:
             raise ParallelError(f"CFG-parallel over {cfg} ranks got a step with only {len(branches)} guidance passes")
         mine = [forward(b) for j, b in enumerate(branches) if j % cfg == index]
@@ -85,7 +87,14 @@ class ParallelContext:
         for j, branch in enumerate(branches):
             row = gathered[j % cfg][j // cfg]
             out[branch] = (row[:video_numel].view(video_shape), row[video_numel:].view(audio_shape))
+        self.settle()
         return out
+
+    def settle(self) -> None:
+        """End of a step: every collective of the step has finished (or `ParallelError`), before the sampler
+        reads anything back to the host. The host ran ahead of the GPU within the step (`comm.py`)."""
+        for group in (self.sequence_group, self.cfg_group, self.world_group):
+            group.settle()
 
     def agree_to_stop(self, stop: bool, step: Optional[int] = None) -> bool:
         """True on every rank when any rank asks to stop (one tiny all-reduce), so all stop at the same step."""
@@ -106,11 +115,12 @@ def backend_for(device: torch.device) -> str:
 
 def init_parallel(layout: ParallelLayout, rank: int, world_size: int, device: torch.device | str,
                   timeout_s: float = DEFAULT_TIMEOUT_S, init_method: str = "env://",
-                  stats: Optional[CommStats] = None) -> ParallelContext:
+                  stats: Optional[CommStats] = None, host_ahead: Optional[bool] = None) -> ParallelContext:
     """Join (or reuse) the default process group and build the CFG and sequence subgroups of `layout`.
 
     Every rank calls this with the same layout. `init_method`: "env://" (torchrun's MASTER_ADDR/PORT) or
-    "tcp://host:port". Raises `ParallelError` when the world size does not match the layout.
+    "tcp://host:port". `host_ahead`: how collectives are waited for (`comm.RankGroup`; default: on CUDA).
+    Raises `ParallelError` when the world size does not match the layout.
     """
     device = torch.device(device)
     if world_size != layout.world:
@@ -121,19 +131,19 @@ def init_parallel(layout: ParallelLayout, rank: int, world_size: int, device: to
         kwargs = {"device_id": device} if device.type == "cuda" else {}
         dist.init_process_group(backend, init_method=init_method, rank=rank, world_size=world_size, timeout=timeout,
                                 **kwargs)
-    world = RankGroup("all-ranks", None, list(range(world_size)), rank, timeout_s, stats, device)
+    world = RankGroup("all-ranks", None, list(range(world_size)), rank, timeout_s, stats, device, host_ahead)
     cfg_group = sequence_group = None
     # new_group is collective: every rank creates every subgroup in the same order
     for c in range(layout.cfg):
         ranks = layout.sequence_group_ranks(c)
         group = dist.new_group(ranks, timeout=timeout, backend=backend) if layout.ulysses > 1 else None
         if rank in ranks:
-            sequence_group = RankGroup("sequence-parallel", group, ranks, rank, timeout_s, stats, device)
+            sequence_group = RankGroup("sequence-parallel", group, ranks, rank, timeout_s, stats, device, host_ahead)
     for s in range(layout.ulysses):
         ranks = layout.cfg_group_ranks(s)
         group = dist.new_group(ranks, timeout=timeout, backend=backend) if layout.cfg > 1 else None
         if rank in ranks:
-            cfg_group = RankGroup("CFG-parallel", group, ranks, rank, timeout_s, stats, device)
+            cfg_group = RankGroup("CFG-parallel", group, ranks, rank, timeout_s, stats, device, host_ahead)
     logger.info("parallel rank %d/%d on %s: %s (CFG rank %d, sequence rank %d, %s, timeout %g s)", rank, world_size,
                 device, layout.describe(), layout.cfg_rank(rank), layout.sequence_rank(rank), backend, timeout_s)
     return ParallelContext(layout, rank, device, timeout_s, world, cfg_group, sequence_group, stats)
@@ -145,7 +155,8 @@ def torchrun_rank() -> Tuple[int, int, int]:
 
 
 def init_from_env(split: str, timeout_s: float = DEFAULT_TIMEOUT_S, cfg_degree: int = 2,
-                  stats: Optional[CommStats] = None, use_cuda: Optional[bool] = None) -> ParallelContext:
+                  stats: Optional[CommStats] = None, use_cuda: Optional[bool] = None,
+                  host_ahead: Optional[bool] = None) -> ParallelContext:
     """The context of a torchrun-launched rank: CUDA device `LOCAL_RANK` (NCCL) when `use_cuda` (default:
     when CUDA exists), else the CPU (gloo)."""
     rank, world, local = torchrun_rank()
@@ -158,4 +169,5 @@ def init_from_env(split: str, timeout_s: float = DEFAULT_TIMEOUT_S, cfg_degree: 
         device = torch.device("cuda", local)
     else:
         device = torch.device("cpu")
-    return init_parallel(layout_for(split, world, cfg_degree), rank, world, device, timeout_s, "env://", stats)
+    return init_parallel(layout_for(split, world, cfg_degree), rank, world, device, timeout_s, "env://", stats,
+                         host_ahead)

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from ..network.attention import kernel_inputs
 from ..network.dit_block import SEQUENCE_ATTENTION, attention
 from .comm import RankGroup
 
@@ -117,11 +118,13 @@ class UlyssesSequence:
             SEQUENCE_ATTENTION.reset(token)
 
     def _to_heads(self, x: torch.Tensor, heads: int, what: str) -> torch.Tensor:
-        """[B, S/U, H·D] (tokens of this shard, all heads) -> [B, S, H/U·D] (all tokens, this rank's heads)."""
+        """[..., B, S/U, H·D] (tokens of this shard, all heads) -> [..., B, S, H/U·D] (all tokens, this rank's
+        heads); leading dimensions (a stack of q, k, v) travel in the same all-to-all. The result is contiguous,
+        so each tensor of a stack has a unit last-dim stride (what the fused attention kernels need)."""
         u = self.degree
-        send = rearrange(x, "b s (u h d) -> u b s h d", u=u, h=heads // u)
+        send = rearrange(x, "... b s (u h d) -> u ... b s h d", u=u, h=heads // u)
         received = self.group.all_to_all(send, what)
-        return rearrange(received, "u b s h d -> b (u s) (h d)")
+        return rearrange(received, "u ... b s h d -> ... b (u s) (h d)").contiguous()
 
     def _to_tokens(self, x: torch.Tensor, heads: int, what: str) -> torch.Tensor:
         """[B, S, H/U·D] -> [B, S/U, H·D], the inverse of `_to_heads`."""
@@ -136,15 +139,13 @@ class UlyssesSequence:
         (shards of the padded streams) -> [B, Sq/U, H·D]. Padded keys (index >= key_len) get no weight."""
         if heads % self.degree:
             raise RuntimeError(f"Ulysses degree {self.degree} does not divide {heads} heads")
+        # q, k, v are stacked on a new leading axis (not interleaved in the last one), so each one received is
+        # a contiguous [B, S, H/U·D] slab: a unit last-dim stride, as fused attention kernels require
         if q.shape[1] == k.shape[1]:  # self-attention: one exchange for q, k and v
-            qkv = self._to_heads(torch.stack([q, k, v], dim=-1).flatten(-2), heads, f"all-to-all {what} qkv")
-            qkv = rearrange(qkv, "b s (h d three) -> three b s (h d)", three=3, h=heads // self.degree)
-            q_full, k_full, v_full = qkv[0], qkv[1], qkv[2]
+            q_full, k_full, v_full = self._to_heads(torch.stack([q, k, v]), heads, f"all-to-all {what} qkv").unbind(0)
         else:
             q_full = self._to_heads(q, heads, f"all-to-all {what} q")
-            kv = self._to_heads(torch.stack([k, v], dim=-1).flatten(-2), heads, f"all-to-all {what} kv")
-            kv = rearrange(kv, "b s (h d two) -> two b s (h d)", two=2, h=heads // self.degree)
-            k_full, v_full = kv[0], kv[1]
+            k_full, v_full = self._to_heads(torch.stack([k, v]), heads, f"all-to-all {what} kv").unbind(0)
         local_heads = heads // self.degree
         if k_full.shape[1] == key_len:
             out = attention(q_full, k_full, v_full, local_heads)
@@ -156,6 +157,7 @@ class UlyssesSequence:
 def masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, num_heads: int, key_len: int) -> torch.Tensor:
     """`dit_block.attention` where only the first `key_len` keys count: q [B, Sq, H·D], k/v [B, Sk, H·D]."""
     q, k, v = (rearrange(t, "b s (n d) -> b n s d", n=num_heads) for t in (q, k, v))
-    mask = torch.arange(k.shape[2], device=k.device) < key_len
-    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.view(1, 1, 1, -1))
+    mask = (torch.arange(k.shape[2], device=k.device) < key_len).view(1, 1, 1, -1)
+    q, k, v = kernel_inputs(q, k, v, "sdpa", attn_mask=mask)
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
     return rearrange(out, "b n s d -> b s (n d)")

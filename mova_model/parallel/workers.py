@@ -80,6 +80,13 @@ class WorkerSpec:
                 raise ParallelError(f"device {device!r} is not a torch device (use cuda:0, cuda:1, ... or cpu)") from None
             if kind not in ("cuda", "cpu"):
                 raise ParallelError(f"device {device!r}: only cuda:N and cpu workers are supported")
+        gpus = [torch.device(d).index or 0 for d in self.devices if torch.device(d).type == "cuda"]
+        twice = sorted({i for i in gpus if gpus.count(i) > 1})
+        if twice:  # NCCL refuses two ranks on one GPU ("Duplicate GPU detected"), deep inside the first collective
+            raise ParallelError(f"each worker needs its own GPU: {', '.join(f'cuda:{i}' for i in twice)} is listed more "
+                                f"than once in {', '.join(self.devices)} (cuda = cuda:0)")
+        for device in self.devices:
+            kind = torch.device(device).type
             if kind == "cuda" and (not torch.cuda.is_available() or (torch.device(device).index or 0) >= torch.cuda.device_count()):
                 raise ParallelError(f"device {device!r} does not exist here ({torch.cuda.device_count()} CUDA devices)")
         kinds = {torch.device(d).type for d in self.devices}

@@ -29,6 +29,7 @@ from .. import bounds
 from ..atomic_write import atomic_write
 from ..checks import CheckError, check_destination, check_device
 from ..cli_args import CliParser
+from ..network.precision import auto_dtype
 from .guidance import GuidanceConfig
 from .pipeline import OFFICIAL_NEGATIVE_PROMPT, InputError, JointLatents, MovaPipeline, validate_geometry
 
@@ -90,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--save-latents", type=Path, help="also write the joined latents (.safetensors)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
-                        help="DiT dtype (default: float32 on CPU, bfloat16 elsewhere)")
+                        help="DiT dtype (default: bfloat16 on a GPU with native bf16, else float32)")
     parser.add_argument("--lora", action="append", default=[], metavar="PATH[,strength=S][,expert=high|low|both]",
                         help="apply a LoRA (any supported format; repeatable, stacked in order). expert: which video "
                              "expert a Wan LoRA goes to (high = video_dit, low = video_dit_2, default both); "
@@ -274,7 +275,7 @@ def run_generate(pipeline: MovaPipeline, request: GenerateRequest, callback: Opt
 def open_pipeline(args: argparse.Namespace) -> MovaPipeline:
     device = torch.device(args.device)
     if args.dtype is None:
-        dtype = torch.float32 if device.type == "cpu" else torch.bfloat16
+        dtype = auto_dtype(device)  # bf16 only where the GPU has it natively
     else:
         dtype = getattr(torch, args.dtype)
     pipeline = MovaPipeline.from_pretrained(args.checkpoint, device=device, dtype=dtype)

@@ -32,7 +32,7 @@ from .conditioning import keyframe_condition
 from .guidance import GuidanceConfig, required_branches
 from ..media.image_preprocess import crop_and_resize, to_model_range, white_frame
 from ..network.lora import LoraPatch, LoraPatchSet, LoraWeights, load_lora
-from ..memory.model_store import ComponentCache, MemoryOptions, SamplingModels
+from ..memory.model_store import ComponentCache, MemoryHost, MemoryOptions, SamplingModels
 from .sampler import Held, HeldStream, SamplingInputs, SamplingStats, StepInfo, held_list, sample as run_sampler, seeded_noise
 from .scheduler import FlowMatchPairScheduler
 from .speed import SpeedOptions, choose_batch_guidance, speed_run
@@ -49,6 +49,9 @@ OFFICIAL_NEGATIVE_PROMPT = (
 """The negative prompt of the official inference script (the Wan-style Chinese negative prompt)."""
 
 DIT_COMPONENTS = ("video_dit", "video_dit_2", "audio_dit", "dual_tower_bridge")
+CONDITIONING_PHASES = ("text encode", "VAE encode")
+NON_DENOISE_PHASES = ("text encode", "VAE encode", "VAE decode", "audio decode")
+"""Plan phases (`MemoryPlan.vram_phases`) that are not part of sampling; every other phase is claimed by it."""
 
 
 class InputError(ValueError):
@@ -138,9 +141,9 @@ class MovaPipeline:
         self.scheduler = FlowMatchPairScheduler(self.configs.scheduler)
         self.last_stats: Optional[SamplingStats] = None
         self.last_plan = None
-        self.free_vram_probe: Optional[Callable[[float], float]] = None
-        """probe(bytes_needed) -> free VRAM in bytes; the ComfyUI node sets it to ask the host's model management
-        to make room and report what is free."""
+        self.memory_host: Optional[MemoryHost] = None
+        """The host application's memory manager (`model_store.MemoryHost`; the ComfyUI Loader sets it): plans
+        are made against the VRAM it says MOVA may use, and each phase claims its planned figure from it."""
         self.interrupt_check: Optional[Callable[[], None]] = None
         """Called between chunks of long work (VAE encode/decode); raises to cancel. The ComfyUI node sets it to
         the host's interrupt check."""
@@ -167,7 +170,7 @@ class MovaPipeline:
         """The `memory.planner.MemoryPlan` for a clip on this pipeline's device and memory options.
 
         On a GPU: VRAM is `vram_bytes` if given, else the budget (mode "budget"), else the free VRAM reported by
-        `free_vram_probe` (the host) or by CUDA. On the CPU (or `device="cpu"`), unless a VRAM budget or
+        `memory_host` (what the host could give MOVA, without unloading anything) or by CUDA. On the CPU (or `device="cpu"`), unless a VRAM budget or
         `vram_bytes` asks for a GPU plan: every phase in host RAM. Host RAM: the option, else what the OS
         reports available.
         """
@@ -198,10 +201,9 @@ class MovaPipeline:
         if vram_bytes is None:
             if options.mode == "budget":
                 vram_bytes = float(options.vram_budget_gb) * GB
-            elif self.free_vram_probe is not None:
-                # ask the host to make room for the all-resident peak first, then plan against what is free
-                need = plan_memory(replace(inputs, vram_bytes=1e15, mode="auto"), arch).vram_peak_bytes
-                vram_bytes = float(self.free_vram_probe(need))
+            elif self.memory_host is not None:
+                # what the host could give MOVA; room is claimed per phase for the plan's figure (`claim_vram`)
+                vram_bytes = float(self.memory_host.available_vram(self.device))
             else:
                 vram_bytes = free_vram_bytes(self.device)
         inputs = replace(inputs, vram_bytes=max(float(vram_bytes), 1.0))
@@ -242,6 +244,30 @@ class MovaPipeline:
                              f"available: {'; '.join(problems)}; {hint}"
                              + ("" if candidate.mode == "cpu" else " (or use fp8 weights, or free VRAM)"))
         return plan
+
+    @property
+    def free_vram_probe(self) -> Optional[Callable[[float], float]]:
+        """probe(bytes_needed) -> the VRAM MOVA may use, after the memory host made room for `bytes_needed` (None
+        without a host). For callers that plan against one figure of their own (the training node)."""
+        host = self.memory_host
+        if host is None:
+            return None
+
+        def probe(needed: float) -> float:
+            host.claim(self.device, float(needed))
+            return float(host.available_vram(self.device))
+
+        return probe
+
+    def claim_vram(self, plan, phases) -> None:
+        """Before `phases` run: ask the memory host (if any) for the plan's largest figure among them (0 for a
+        CPU plan: the host only registers MOVA's modules, so it can ask them back)."""
+        if self.memory_host is None:
+            return
+        need = 0.0
+        if plan is not None and plan.mode != "cpu":
+            need = max((plan.vram_phases.get(p, 0.0) for p in phases), default=0.0)
+        self.memory_host.claim(self.device, need)
 
     # -- geometry -------------------------------------------------------------------------------------
     @property
@@ -332,7 +358,8 @@ class MovaPipeline:
             frames[num_frames - 1] = last_image_uint8
         text_only = not frames
         self.cache.verify_files()
-        self.require_fit(width, height, num_frames, video_fps)  # before any work: the clip must fit whole
+        plan = self.require_fit(width, height, num_frames, video_fps)  # before any work: the clip must fit whole
+        self.claim_vram(plan, CONDITIONING_PHASES)
         if not prompt_clean(prompt or ""):
             logger.warning("the prompt is empty: the clip is generated from the first frame and the negative prompt "
                            "alone; describe what happens and what is heard")
@@ -413,6 +440,7 @@ class MovaPipeline:
                              + " (lower the resolution or frame count, use fp8 weights, or free VRAM)")
         logger.info("memory plan:\n%s", plan.format())
         self.last_plan = plan
+        self.claim_vram(plan, [p for p in plan.vram_phases if p not in NON_DENOISE_PHASES])
         models = SamplingModels(self.cache, self.lora, plan)
         stats = SamplingStats()
         try:
@@ -435,9 +463,10 @@ class MovaPipeline:
         self.cache.verify_files()
         vae_config = self.configs.video_vae
         t_lat, h_lat, w_lat = (int(n) for n in video.shape[-3:])
-        self.require_fit(w_lat * vae_config.scale_factor_spatial, h_lat * vae_config.scale_factor_spatial,
-                         (t_lat - 1) * vae_config.scale_factor_temporal + 1,
-                         latents.video_fps if isinstance(latents, JointLatents) else 24.0, phase="VAE decode")
+        plan = self.require_fit(w_lat * vae_config.scale_factor_spatial, h_lat * vae_config.scale_factor_spatial,
+                                (t_lat - 1) * vae_config.scale_factor_temporal + 1,
+                                latents.video_fps if isinstance(latents, JointLatents) else 24.0, phase="VAE decode")
+        self.claim_vram(plan, ("VAE decode",))
         vae = self.video_vae()
         with torch.no_grad():
             return vae.decode(video.to(self.device)).float()
@@ -452,6 +481,7 @@ class MovaPipeline:
         """Waveform `[1, 1, L · hop]` float (untrimmed, as the official DAC decode) and its sample rate in Hz."""
         audio = latents.audio if isinstance(latents, JointLatents) else latents
         self.cache.verify_files()
+        self.claim_vram(self.last_plan, ("audio decode",))
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
             wave = vae.decode(audio.to(self.device, torch.float32))
@@ -460,6 +490,7 @@ class MovaPipeline:
     def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
         """Audio latents `[1, C, L]` (posterior mean) of a mono waveform `[1, 1, S]` at the model's rate."""
         self.cache.verify_files()
+        self.claim_vram(self.last_plan, ("audio decode",))  # the audio VAE's working set, either direction
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
             padded = vae.preprocess(waveform.to(self.device, torch.float32), self.sample_rate)
@@ -471,7 +502,8 @@ class MovaPipeline:
         self.cache.verify_files()
         f, h, w = (int(n) for n in frames.shape[-3:])
         up = lambda n, step, rest=0: -(-(n - rest) // step) * step + rest  # noqa: E731  (round up for the plan)
-        self.require_fit(up(w, 16), up(h, 16), up(max(f, 1), 4, 1), 24.0, phase="VAE encode")
+        plan = self.require_fit(up(w, 16), up(h, 16), up(max(f, 1), 4, 1), 24.0, phase="VAE encode")
+        self.claim_vram(plan, ("VAE encode",))
         vae = self.video_vae()
         with torch.no_grad():
             return vae.normalize(vae.encode_mode(frames.to(self.device))).float()
@@ -501,7 +533,7 @@ class MovaPipeline:
         clone = MovaPipeline(self.checkpoint, device=self.device, dtype=self.dtype, cache=self.cache,
                              lora=self.lora.with_patch(patch), memory=self.memory, speed=self.speed)
         clone._lora_meta = self.__dict__.setdefault("_lora_meta", {})
-        clone.free_vram_probe = self.free_vram_probe
+        clone.memory_host = self.memory_host
         clone.interrupt_check = self.interrupt_check
         clone.parallel = self.parallel
         clone.remote = self.remote

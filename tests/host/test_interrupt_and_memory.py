@@ -4,9 +4,13 @@ The interrupt test renders a clip big enough that one step of the tiny checkpoin
 interrupt lands mid-run), interrupts after the first progress message and checks the run ends within one
 more step, writes nothing, and releases the model (the sampler's ``pipeline.release_all()``, seen in the
 server log as ``released audio_dit`` / ``released dual_tower_bridge``, modules that a finished run keeps).
-The memory test queues 20 cheap prompts in a row and compares the server's RSS before and after.
+The memory test queues 20 cheap prompts in a row and compares the server's RSS before and after. The unload
+test runs a workflow, sends ``POST /free {"unload_models": true}`` (the frontend's "Unload models") and checks
+ComfyUI's model management released MOVA's modules (the server log names them and the megabytes), then that
+the next run rebuilds them and succeeds.
 """
 import json
+import re
 import time
 
 import pytest
@@ -117,3 +121,34 @@ def test_twenty_prompts_do_not_grow_server_memory(comfy, mova_checkpoint):
     (ARTIFACTS / "host" / "rss.json").write_text(json.dumps(figures, indent=1))
     print(f"\nRSS over {RSS_PROMPTS} prompts: {figures}")
     assert growth < RSS_GROWTH_LIMIT, figures
+
+
+def test_free_unload_models_releases_mova_and_the_next_run_rebuilds_it(comfy, mova_checkpoint):
+    first = comfy.run(_cheap(mova_checkpoint, 2001), timeout=300)
+    assert first.status == "success", first.error
+    offset = len(comfy.server.log_text())
+    status, _ = comfy.post_json("/free", {"unload_models": True})
+    assert status == 200
+    deadline, log = time.monotonic() + 30, ""
+    while "MOVA: unloaded by ComfyUI" not in log and time.monotonic() < deadline:
+        time.sleep(0.2)
+        log = _log_since(comfy, offset)
+    unloaded = re.search(r"MOVA: unloaded by ComfyUI \(([\d.]+) MB released on (\w+)", log)
+    assert unloaded, log[-3000:]
+    released = re.search(r"the host asked for memory back: released ([\w, ]+) \(", log)
+    names = set(released.group(1).split(", "))
+    # what a finished run keeps built includes the audio VAE (its last phase); what else depends on how much a
+    # run keeps between phases
+    assert "audio_vae" in names, names
+    assert float(unloaded.group(1)) > 0
+
+    offset = len(comfy.server.log_text())
+    second = comfy.run(_cheap(mova_checkpoint, 2002), timeout=300)
+    assert second.status == "success", second.error
+    rebuilt = _log_since(comfy, offset)
+    assert "built audio_dit" in rebuilt and "built video_vae" in rebuilt
+    assert video_files(second.outputs)
+    (ARTIFACTS / "host").mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "host" / "unload.json").write_text(json.dumps({
+        "released_modules": sorted(names), "released_mb": float(unloaded.group(1)), "device": unloaded.group(2),
+    }, indent=1))

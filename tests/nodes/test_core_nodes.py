@@ -140,3 +140,19 @@ def test_mux_says_when_its_fps_cuts_the_audio(node_module, output_dir, caplog):
     (record,) = [r for r in caplog.records if "MOVA Mux" in r.getMessage()]
     assert "the audio lasts 0.375 s but 9 frames at 120 fps last 0.075 s, so the audio was cut" in record.getMessage()
     assert "(9 frames / 0.375 s = 24 fps)" in record.getMessage()
+
+
+def test_loader_auto_dtype_asks_comfyui_not_torch_emulation(node_module, monkeypatch):
+    """A pre-Ampere card: torch reports bf16 as supported (emulated), ComfyUI's `should_use_bf16` says no."""
+    loader = node_module("loader")
+    import comfy.model_management as mm
+
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    asked = []
+    monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, **kw: asked.append(device) or False)
+    assert loader.resolve_dtype("auto", torch.device("cuda", 0)) == torch.float32
+    assert asked == [torch.device("cuda", 0)]
+    monkeypatch.setattr(mm, "should_use_bf16", lambda device=None, **kw: True)
+    assert loader.resolve_dtype("auto", torch.device("cuda", 0)) == torch.bfloat16
+    assert loader.resolve_dtype("auto", torch.device("cpu")) == torch.float32
+    assert loader.resolve_dtype("fp16", torch.device("cuda", 0)) == torch.float16

@@ -20,6 +20,8 @@ def handle(node_module, tmp_path_factory):
     ("cpu, cpu", "ulysses", "Ulysses degree 2 does not divide .* allowed degrees: 1"),
     ("cpu,cpu,cpu", "cfg+ulysses", "multiple of 2"),
     ("cpu,tpu:0", "cfg", "not a torch device|only cuda:N and cpu"),
+    ("cuda:0,cuda:0", "cfg", "each worker needs its own GPU: cuda:0 is listed more than once"),
+    ("cuda:1, cuda, cuda:0", "cfg", "cuda:0 is listed more than once"),
 ])
 def test_bad_settings_are_refused_at_the_node(node_module, handle, devices, split, message):
     node = node_module("multigpu").MovaMultiGPU

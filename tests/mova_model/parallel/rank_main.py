@@ -1,7 +1,7 @@
 """One rank of a parallel test run (started by tests/parallel_launch.py with torchrun's variables).
 
 python rank_main.py CHECKPOINT OUT --split cfg|ulysses|cfg+ulysses|none --guidance text|dual|one --steps N
-    [--timeout S] [--kill-at-step K --kill-rank R]
+    [--timeout S] [--kill-at-step K --kill-rank R] [--host-ahead]
 Rank 0 writes the final latents to OUT (safetensors: video, audio). With --kill-at-step, rank R kills itself
 (SIGKILL) after step K (with --hang it first sleeps 3 x timeout: a hung rank), and rank 0 writes the seconds from its last finished step to the error, and the error, to OUT + ".error".
 """
@@ -35,12 +35,15 @@ def main() -> int:
     parser.add_argument("--kill-at-step", type=int, default=-1)
     parser.add_argument("--kill-rank", type=int, default=1)
     parser.add_argument("--hang", action="store_true", help="rank R sleeps (3 x timeout) instead of dying")
+    parser.add_argument("--host-ahead", action="store_true",
+                        help="wait for collectives as on GPUs (untimed wait, settle once per step)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     torch.set_num_threads(1)
     parallel = None if args.split == "none" else init_from_env(args.split, timeout_s=args.timeout,
                                                                cfg_degree=3 if args.guidance == "dual" and args.split == "cfg+ulysses" else 2,
-                                                               stats=CommStats())
+                                                               stats=CommStats(),
+                                                               host_ahead=True if args.host_ahead else None)
     rank = 0 if parallel is None else parallel.rank
     pipe = MovaPipeline.from_pretrained(args.checkpoint, device="cpu", dtype=torch.float32)
     cond = pipe.prepare_conditioning("a man says hello in the kitchen", "static, blurry", None, **CLIP)

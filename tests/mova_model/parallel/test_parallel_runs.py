@@ -69,15 +69,26 @@ def test_cfg_times_ulysses_4_ranks(checkpoints, six_ref):
         torch.testing.assert_close(got[key], six_ref[key], **ULYSSES_TOL)
 
 
-@pytest.mark.parametrize("hang", [False, True], ids=["killed", "hung"])
-def test_lost_rank_gives_a_clear_error_on_rank_0_within_the_timeout(checkpoints, hang):
+def test_ulysses_with_collectives_waited_as_on_gpus(checkpoints, six_ref):
+    """Host-ahead waiting (untimed waits, one settle per step: what NCCL ranks do) gives the same latents."""
+    got = run(checkpoints, "six_u2_ahead", 2, "ulysses", extra=["--host-ahead"])
+    for key in ("video", "audio"):
+        torch.testing.assert_close(got[key], six_ref[key], **ULYSSES_TOL)
+
+
+@pytest.mark.parametrize("hang, split, ahead", [(False, "cfg", False), (True, "cfg", False), (False, "ulysses", True)],
+                         ids=["killed", "hung", "killed-host-ahead"])
+def test_lost_rank_gives_a_clear_error_on_rank_0_within_the_timeout(checkpoints, hang, split, ahead):
     timeout = 8.0
-    out = checkpoints["out"] / f"lost_{hang}.safetensors"
-    extra = ["--timeout", timeout, "--kill-at-step", 0, "--steps", 3] + (["--hang"] if hang else [])
-    results = launch(2, [checkpoints["tiny"], out, "--split", "cfg", *extra], deadline_s=120 + 3 * timeout)
+    out = checkpoints["out"] / f"lost_{hang}_{split}.safetensors"
+    extra = ["--timeout", timeout, "--kill-at-step", 0, "--steps", 3] + (["--hang"] if hang else []) \
+        + (["--host-ahead"] if ahead else [])
+    ckpt = checkpoints["six" if split == "ulysses" else "tiny"]
+    results = launch(2, [ckpt, out, "--split", split, *extra], deadline_s=120 + 3 * timeout)
     assert results[0][0] == 3, results[0][1][-3000:]
     seconds, message = (out.parent / (out.name + ".error")).read_text().split("\n", 1)
     assert float(seconds) < timeout + 5.0
-    assert "rank 0 got no answer from the CFG-parallel group" in message
+    group = "CFG-parallel" if split == "cfg" else "sequence-parallel"
+    assert f"rank 0 got no answer from the {group} group" in message
     assert "at step 2" in message and "another rank died, hung or was stopped" in message
     assert not out.exists()

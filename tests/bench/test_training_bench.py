@@ -1,0 +1,13 @@
+"""bench/training.py --gpu: each VRAM budget runs what the training plan decides for it (it used to force
+streaming, so its 12/16/24 GB rows were one and the same run). The decisions are made on the CPU from the
+configs; the GPU run itself needs a GPU (`python -m bench.gpu_check` runs a training step under 12 GB)."""
+import argparse
+
+from bench.training import budget_decisions
+
+
+def test_budgets_get_the_plans_decision(tiny_checkpoint_dir):
+    args = argparse.Namespace(size=(160, 160), frames=17, fps=8.0)
+    small, large = budget_decisions(tiny_checkpoint_dir, args, budgets=(0.5, 24.0))
+    assert small["streamed"] and not large["streamed"]
+    assert 0 < small["plan_vram_gb"] and 0 < large["plan_vram_gb"] <= 24.0
