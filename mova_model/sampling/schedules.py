@@ -247,3 +247,39 @@ def denoised_schedule(config: SchedulerConfig, options: ScheduleOptions, steps: 
         raise ScheduleError(f"denoise {denoise:g} at {steps} steps needs a {total}-step schedule; the smallest "
                             f"strength at {steps} steps is {steps / MAX_SCHEDULE_STEPS:g}")
     return full_schedule(config, options, total).tail(steps)
+
+
+@dataclass(frozen=True)
+class JointSchedule:
+    """The schedules of one joint run: the solver's name and a `StreamSchedule` per stream (the same step count;
+    the tables differ only when the streams take different denoise strengths)."""
+
+    solver: str
+    video: StreamSchedule
+    audio: StreamSchedule
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        check_solver(self.solver)
+        if self.video.num_steps != self.audio.num_steps:
+            raise ScheduleError(f"video and audio schedules must have the same steps, got {self.video.num_steps} "
+                                f"and {self.audio.num_steps}")
+
+    @property
+    def num_steps(self) -> int:
+        return self.video.num_steps
+
+
+def official_joint_schedule(scheduler: FlowMatchPairScheduler, steps: int) -> JointSchedule:
+    """MOVA's official run: Euler on the scheduler's (video, audio) timestep pairs."""
+    return JointSchedule("euler", euler_schedule(scheduler, steps, 0), euler_schedule(scheduler, steps, 1),
+                         scheduler.num_train_timesteps)
+
+
+def joint_schedule(config: SchedulerConfig, options: ScheduleOptions, steps: int, video_denoise: float = 1.0,
+                   audio_denoise: float = 1.0) -> JointSchedule:
+    """Both streams' schedules for `options` at their denoise strengths (a stream at strength 0 is kept as it is
+    and gets the whole schedule, which it never uses)."""
+    streams = [denoised_schedule(config, options, steps, d) if d > 0 else full_schedule(config, options, steps)
+               for d in (check_denoise("denoise", video_denoise), check_denoise("audio denoise", audio_denoise))]
+    return JointSchedule(options.solver, streams[0], streams[1], int(config.num_train_timesteps))
