@@ -89,6 +89,16 @@ def _usable_frames(count: int, clip_fps: float, source_fps: float) -> int:
     return last // 4 * 4 + 1
 
 
+def usable_frames(count: int, clip_fps: float, source_fps: float = 0.0) -> int:
+    """The longest clip (4k+1 frames at `clip_fps`) that `count` video frames at `source_fps` cover (0: unknown,
+    one video frame per clip frame); 0 when not even one frame."""
+    if count < 1:
+        return 0
+    if source_fps == 0 or abs(source_fps - clip_fps) <= 1e-6 * clip_fps:
+        return (count - 1) // 4 * 4 + 1
+    return max(_usable_frames(count, clip_fps, source_fps), 0)
+
+
 def prepare_driving_video(frames: torch.Tensor, conditioning: Conditioning, source_fps: float = 0.0) -> Prepared:
     """ComfyUI IMAGE `[F, H, W, 3]` 0..1 -> `[1, 3, F', H', W']` in [-1, 1] at the clip's size and frame count.
 

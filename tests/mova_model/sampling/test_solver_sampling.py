@@ -178,3 +178,19 @@ def test_shift_override_changes_the_timesteps(tiny_pipe, tiny_cond):
     config = tiny_pipe.configs.scheduler
     assert seen[None] == joint_schedule(config, ScheduleOptions("unipc"), 3).video.timesteps.tolist()
     assert seen[1.0] == [999.0, 666.0, 333.0]
+
+
+@pytest.mark.parametrize("solver", ["unipc", "dpm++"])
+def test_extend_with_each_solver_keeps_the_clean_overlap_exact(tiny_pipe, recorder, solver):
+    from mova_model.sampling.continuation import extend
+
+    options = ScheduleOptions(solver, shift=3.0)
+    first_cond = tiny_pipe.prepare_conditioning("a dog barks", "", None, width=32, height=32, num_frames=13, video_fps=8.0)
+    first = tiny_pipe.sample(first_cond, seed=7, steps=3, guidance=ONE_PASS, schedule=options)
+    next_cond = tiny_pipe.prepare_conditioning("a car passes", "", None, width=32, height=32, num_frames=13, video_fps=8.0)
+    ext = extend(tiny_pipe, first, next_cond, overlap=5, seed=8, steps=3, guidance=ONE_PASS, schedule=options)
+    assert recorder.streams()["video"][0] == solver and len(recorder.streams()["video"][2]) == 3
+    m, o, big_m = ext.seam.overlap_latents, ext.seam.audio_latent, ext.seam.audio_overlap
+    assert torch.equal(ext.segment.video[:, :, 1:m + 1], first.video[:, :, -m:])
+    assert torch.equal(ext.segment.audio[:, :, :big_m], first.audio[:, :, o:o + big_m])
+    assert ext.joined.num_frames == 13 + 13 - 5
