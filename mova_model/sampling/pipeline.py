@@ -444,6 +444,9 @@ class MovaPipeline:
         except ScheduleError as exc:
             raise InputError(str(exc)) from None
         if init is None:
+            if options.sigmas is not None and options.sigmas[0] <= PLAIN_DENOISE:
+                logger.warning("the sigma list starts at %g but no init clip is given: sampling starts from pure noise "
+                               "as if it were at that level (connect an init latent to restyle a clip)", options.sigmas[0])
             if min(strengths.values()) <= PLAIN_DENOISE:
                 raise InputError(f"denoise {min(strengths.values()):g} reworks an existing clip: connect one (MOVA "
                                  "Encode → the sampler's init latent; CLI: --init-video), or use denoise 1")

@@ -106,3 +106,22 @@ def test_extend_refuses_a_bad_sigma_list(node_module, handle, cond):
     with pytest.raises(ValueError, match="MOVA Extend: sigmas must end at 0"):
         node_module("extend").MovaExtend.execute(handle, latent, cond, 1, "clean", 5, 2, 1.0,
                                                  sigmas=torch.tensor([1.0, 0.5]))
+
+
+def test_mova_sigmas_gives_the_schedule_as_core_sigmas(node_module, handle, cond):
+    from comfy_extras.nodes_custom_sampler import SplitSigmas
+
+    from comfyui_mova.mova_model.sampling.schedules import ScheduleOptions, denoised_schedule
+
+    node = node_module("schedule").MovaSigmas
+    sigmas, text = node.execute(handle, "unipc", 8, 0.0, 0.5).result
+    config = handle.pipeline.configs.scheduler
+    assert torch.equal(sigmas, denoised_schedule(config, ScheduleOptions("unipc"), 8, 0.5).sigmas)
+    assert text.startswith(f"{sigmas[0].item():.6g}, ") and text.endswith(", 0")
+    typed, _ = node.execute(handle, "euler", 50, 0.0, 1.0, sigmas_text="1, 0.9375, 0.8333, 0.625, 0").result
+    assert typed.tolist() == pytest.approx([1, 0.9375, 0.8333, 0.625, 0])
+    high, low = SplitSigmas.execute(typed, 2).result  # core sigma nodes take it
+    _sampler(node_module).execute(handle, cond, 4, 50, 1.0, sigmas=low)  # starts at 0.8333
+    assert handle.pipeline.last_stats.passes_per_step == [1, 1]
+    with pytest.raises(ValueError, match="MOVA Sigmas: sigmas must end at 0"):
+        node.execute(handle, "euler", 50, 0.0, 1.0, sigmas_text="1, 0.5")
