@@ -194,3 +194,25 @@ def test_extend_with_each_solver_keeps_the_clean_overlap_exact(tiny_pipe, record
     assert torch.equal(ext.segment.video[:, :, 1:m + 1], first.video[:, :, -m:])
     assert torch.equal(ext.segment.audio[:, :, :big_m], first.audio[:, :, o:o + big_m])
     assert ext.joined.num_frames == 13 + 13 - 5
+
+
+@pytest.mark.parametrize("solver", ["unipc", "dpm++"])
+def test_solvers_run_as_comfyui_runs_nodes(tiny_pipe, tiny_cond, clip, solver):
+    """ComfyUI samples inside `torch.inference_mode()` on its own worker thread: same latents as here."""
+    import threading
+
+    video_shape, audio_shape = tiny_pipe.latent_shapes(**clip)
+    init = tiny_pipe.sample(tiny_cond, seed=1, steps=2, guidance=ONE_PASS)
+    settings = dict(seed=3, steps=3, guidance=DUAL, schedule=ScheduleOptions(solver), init=init, denoise=0.7)
+    here = tiny_pipe.sample(tiny_cond, **settings)
+    result = {}
+
+    def worker():
+        with torch.inference_mode():
+            result["latents"] = tiny_pipe.sample(tiny_cond, **settings)
+
+    thread = threading.Thread(target=worker)
+    thread.start()
+    thread.join(timeout=300)
+    there = result["latents"]
+    assert torch.equal(there.video, here.video) and torch.equal(there.audio, here.audio)
