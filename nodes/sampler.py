@@ -27,8 +27,9 @@ PREVIEW_MAX_SIZE = 512
 SOLVER_TOOLTIP = ("euler: MOVA's official sampler (50 steps). unipc / dpm++: the multistep flow solvers of the official "
                   "Wan 2.2 code (its default is unipc), for fewer steps (20-40).")
 SHIFT_TOOLTIP = "Schedule shift; 0 = the checkpoint's scheduler config (MOVA: 5). Ignored with a sigmas input."
-SIGMAS_TOOLTIP = ("A custom schedule (core SIGMAS, e.g. from BasicScheduler, SplitSigmas or a sigma list): N+1 values "
-                  "in [0, 1], decreasing, ending at 0. It replaces steps and shift.")
+SIGMAS_TOOLTIP = ("A custom schedule (core SIGMAS, e.g. from MOVA Sigmas, SplitSigmas or KarrasScheduler): N+1 values "
+                  "in [0, 1], decreasing, ending at 0. It replaces steps and shift; an init_latent is noised to its "
+                  "first sigma (denoise stays 1, or 0 to keep a stream).")
 DENOISE_TOOLTIP = ("1: generate from pure noise. Below 1 (needs init_latent): sample only the last part of the "
                    "schedule from the init clip noised to that level. 0: keep the stream as it is.")
 AUDIO_DENOISE_TOOLTIP = "The audio's own denoise; -1 = the same as denoise (0 keeps the sound, 1 regenerates it)."

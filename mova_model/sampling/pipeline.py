@@ -334,7 +334,8 @@ class MovaPipeline:
         `schedule`: solver, shift and sigma list (`schedules.ScheduleOptions`; None: the official Euler run; a
         sigma list sets the step count). `init`: a clip to restyle (`JointLatents` of this clip's size, e.g. from
         `drivers.encode_clip`), sampled from `denoise` (video; 1: pure noise, the init unused; 0: kept as it is)
-        and `audio_denoise` (None: the same as `denoise`); both 0 returns `init` unchanged."""
+        and `audio_denoise` (None: the same as `denoise`); both 0 returns `init` unchanged. With a sigma list the
+        strengths are 1 or 0 and the init is noised to the list's first sigma."""
         parallel = parallel if parallel is not None else self.parallel
         if (self.remote is not None or parallel is not None) and step_cache is not None and step_cache.enabled:
             raise InputError("the step cache does not combine with multi-GPU sampling (each guidance branch runs on "
@@ -378,8 +379,10 @@ class MovaPipeline:
                                   or hold.time_slice.stop > expected[2] or shape[2] < 1):
                 raise InputError(f"held {hold.modality} range {list(shape)} at offset {hold.offset} does not fit the "
                                  f"clip's {hold.modality} latents {list(expected)}")
+        # a stream starts from the init clip below strength 1, or with a sigma list (noised to its first sigma)
         starts = {m: getattr(init, m).to(self.device) for m in ("video", "audio")
-                  if init is not None and m not in kept and 0.0 < strengths[m] <= PLAIN_DENOISE}
+                  if init is not None and m not in kept and strengths[m] > 0.0
+                  and (strengths[m] <= PLAIN_DENOISE or options.sigmas is not None)}
         inputs = SamplingInputs(
             prompt_embeds=c.prompt_embeds.to(self.device), negative_prompt_embeds=c.negative_prompt_embeds.to(self.device),
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),

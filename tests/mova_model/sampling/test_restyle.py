@@ -145,3 +145,13 @@ def test_denoise_without_a_clip_and_a_clip_of_another_size_are_refused(fresh_pip
     with pytest.raises(InputError, match=r"the init clip is 32x32, 5 frames .* but this clip is 48x32, 9 frames"):
         fresh_pipe.sample(other, seed=4, steps=STEPS, init=init, denoise=0.5)
     assert sum(fresh_pipe.cache.materialized[n] for n in ("video_dit", "video_dit_2", "audio_dit")) == 0
+
+
+def test_a_sigma_list_starts_from_the_init_at_its_first_sigma(tiny_pipe, tiny_cond, clip, init, starts):
+    """Core's way (SamplerCustom with SplitSigmas): the list's first sigma says how far the clip is noised."""
+    options = ScheduleOptions("unipc", sigmas=(0.8, 0.5, 0.2, 0.0))
+    tiny_pipe.sample(tiny_cond, seed=4, steps=STEPS, guidance=ONE_PASS, schedule=options, init=init)
+    video_noise, audio_noise = seeded_noise(4, *tiny_pipe.latent_shapes(**clip))
+    sigma = torch.tensor(0.8)
+    assert torch.equal(starts[0][1], (1 - sigma) * init.video + sigma * video_noise)
+    assert torch.equal(starts[1][1], (1 - sigma) * init.audio + sigma * audio_noise)
