@@ -12,8 +12,7 @@ the fewest steps of the grid at which each solver's error is at most Euler-50's 
 Random weights say nothing about image or sound quality; what this measures is how closely each solver follows the
 same probability-flow ODE (both experts, the switch at the boundary timestep, CFG) with fewer steps. A random DiT's
 output also swings with the fast sinusoidal timestep features (periods down to 6 timesteps, where a schedule step
-spans 20 or more), which a trained model has learnt to turn into a smooth dependence on t: on such a rough ODE no
-solver reaches its order. So each random model is also measured "time-smoothed": the same weights with the DiTs'
+spans 20 or more), passed on untamed by untrained weights: on a rough ODE no solver reaches its order. So each random model is also measured "time-smoothed": the same weights with the DiTs'
 time-embedding inputs for features of period under `SMOOTH_PERIOD` timesteps zeroed, an ODE that is smooth in t as
 multistep solvers assume (`--variants smooth`). Neither is a trained model; with a real checkpoint (`--checkpoint`)
 the table to trust is its own. For scale, the same solvers on an ODE whose exact solution is known: the probability
