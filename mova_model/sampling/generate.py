@@ -54,10 +54,6 @@ class GenerateRequest:
     cfg: float = 5.0
     negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
     hold_mode: str = "clean"
-    image: Optional[np.ndarray] = None
-    last_image: Optional[np.ndarray] = None
-    save_latents: Optional[Path] = None
-    notes: List[str] = field(default_factory=list)
     solver: str = "euler"
     shift: Optional[float] = None
     sigmas: Optional[tuple] = None
@@ -68,6 +64,10 @@ class GenerateRequest:
     """(`[C, S]` float32 waveform, sample rate) of `--init-video`'s sound; None when it has none."""
     denoise: float = 1.0
     audio_denoise: Optional[float] = None
+    image: Optional[np.ndarray] = None
+    last_image: Optional[np.ndarray] = None
+    save_latents: Optional[Path] = None
+    notes: List[str] = field(default_factory=list)
 
     @property
     def schedule(self) -> Optional[ScheduleOptions]:
@@ -145,7 +145,7 @@ def parse_size(text: str) -> tuple:
     return width, height
 
 
-def request_from_args(args: argparse.Namespace) -> GenerateRequest:
+def _request_without_schedule(args: argparse.Namespace) -> GenerateRequest:
     """Validate every setting (nothing loaded yet); raises `InputError` naming what is wrong and what is allowed."""
     from .continuation import check_overlap
 
@@ -167,14 +167,20 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
         check_overlap(int(args.overlap), int(args.frames))
     elif args.overlap:
         raise InputError("--overlap needs two or more --prompt (one segment per prompt)")
-    options = schedule_from_args(args)
     image = read_image(args.image, "--image") if args.image else None
     last_image = read_image(args.last_image, "--last-image") if args.last_image else None
-    request = GenerateRequest(prompts=prompts, width=width, height=height, frames=int(args.frames), fps=float(args.fps),
-                              steps=int(args.steps), seed=int(args.seed), out=out, overlap=int(args.overlap),
-                              cfg=float(args.cfg), negative_prompt=args.negative_prompt, hold_mode=args.hold_mode,
-                              image=image, last_image=last_image, save_latents=args.save_latents,
-                              solver=options.solver, shift=options.shift, sigmas=options.sigmas)
+    return GenerateRequest(prompts=prompts, width=width, height=height, frames=int(args.frames), fps=float(args.fps),
+                           steps=int(args.steps), seed=int(args.seed), out=out, overlap=int(args.overlap),
+                           cfg=float(args.cfg), negative_prompt=args.negative_prompt, hold_mode=args.hold_mode,
+                           image=image, last_image=last_image, save_latents=args.save_latents)
+
+
+def request_from_args(args: argparse.Namespace) -> GenerateRequest:
+    """Every setting validated (nothing loaded yet), the sampler choice (--solver / --shift / --sigmas) and the clip
+    to restyle (--init-video / --denoise / --audio-denoise) included; `InputError` names what is wrong."""
+    request = _request_without_schedule(args)
+    options = schedule_from_args(args)
+    request.solver, request.shift, request.sigmas = options.solver, options.shift, options.sigmas
     read_init_video(args, request)
     return request
 
