@@ -9,7 +9,9 @@
 - `tiny-checkpoint DST [--seed N]`: write a tiny random-weight checkpoint in the official layout.
 - `generate CHECKPOINT --prompt TEXT [--prompt TEXT ...] [--image F] [--last-image F] --size WxH --frames N
   --fps F --steps S --seed N [--overlap K] --out FILE.mp4 [--save-latents FILE.safetensors]`: one segment per
-  prompt, joined with K overlapping frames; the last stdout line is the mp4 path.
+  prompt, joined with K overlapping frames; the last stdout line is the mp4 path. Sampler choice:
+  `--solver euler|unipc|dpm++ [--shift S] [--sigmas a,b,...,0]`; restyle a clip: `--init-video clip.mp4
+  --denoise 0.6 [--audio-denoise D]`.
   Several GPUs: `torchrun --nproc-per-node N -m mova_model generate ... --parallel cfg|ulysses|cfg+ulysses`.
   LoRAs: `--lora PATH[,strength=S][,expert=high|low|both][,allow_partial=1]`, repeatable (stacked in order).
 - `train CHECKPOINT DATASET --out FILE.safetensors [...]`: train a LoRA (see `mova_model.training.cli`).

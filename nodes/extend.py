@@ -12,7 +12,7 @@ from ..mova_model.sampling.continuation import extend
 from ..mova_model.sampling.guidance import GuidanceConfig
 from ..mova_model.sampling.sampler import HOLD_MODES
 from .combos import check_combos
-from .sampler import make_step_callback
+from .sampler import make_step_callback, schedule_inputs, schedule_options
 from .types import MovaConditioning, MovaGuidance, MovaModel, conditioning_of, handle_of, latents_from_comfy, latents_to_comfy
 
 HOLD_TOOLTIP = ("clean (default): the overlap stays exactly the previous clip's (hard hold, exact join). "
@@ -45,6 +45,7 @@ class MovaExtend(io.ComfyNode):
                 io.Float.Input("cfg", default=5.0, step=0.1, **bounds.CFG.widget(),
                                tooltip="Text CFG scale. Ignored when a guidance input is connected."),
                 MovaGuidance.Input("guidance", optional=True, tooltip="The same MOVA Guidance as the first segment."),
+                *schedule_inputs(),
             ],
             outputs=[io.Latent.Output(display_name="latent")],
             hidden=[io.Hidden.unique_id],
@@ -52,17 +53,18 @@ class MovaExtend(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, previous, conditioning, overlap: int, hold_mode: str, seed: int, steps: int, cfg: float,
-                guidance=None) -> io.NodeOutput:
-        check_combos(cls, hold_mode=hold_mode)
+                guidance=None, solver: str = "euler", shift: float = 0.0, sigmas=None) -> io.NodeOutput:
+        check_combos(cls, hold_mode=hold_mode, solver=solver or "euler")
+        options, list_steps = schedule_options("MOVA Extend", solver, shift, sigmas)
         handle = handle_of(model)
         conditioning = conditioning_of(conditioning)
         previous_latents = latents_from_comfy(previous, "previous")
         pipe = handle.pipeline
         config = guidance if isinstance(guidance, GuidanceConfig) else GuidanceConfig(text_scale=float(cfg))
-        callback = make_step_callback(steps, pipe.configs.video_vae.z_dim, cls.hidden.unique_id)
+        callback = make_step_callback(list_steps or steps, pipe.configs.video_vae.z_dim, cls.hidden.unique_id)
         try:
             result = extend(pipe, previous_latents, conditioning, overlap=int(overlap), seed=int(seed), steps=int(steps),
-                            guidance=config, hold_mode=hold_mode, callback=callback)
+                            guidance=config, hold_mode=hold_mode, callback=callback, schedule=options)
         except BaseException:
             pipe.release_all()
             raise

@@ -39,11 +39,12 @@ def latents_to_comfy(latents: JointLatents) -> dict:
     return {"samples": latents.video.cpu(), "audio_samples": latents.audio.cpu(), "type": LATENT_TYPE,
             "mova": {"width": latents.width, "height": latents.height, "num_frames": latents.num_frames,
                      "video_fps": latents.video_fps, "sample_rate": latents.sample_rate,
-                     "segments": [seam.to_dict() for seam in latents.segments]}}
+                     "segments": [seam.to_dict() for seam in latents.segments], "has_audio": bool(latents.has_audio)}}
 
 
 def latents_from_comfy(latent: dict, name: str = "latent") -> JointLatents:
-    """A LATENT made by the MOVA Joint Sampler (or MOVA Extend) -> JointLatents; any other LATENT is rejected."""
+    """A LATENT made by the MOVA Joint Sampler (or MOVA Extend, MOVA Encode) -> JointLatents; any other LATENT is
+    rejected."""
     if not isinstance(latent, dict) or latent.get("type") != LATENT_TYPE or "audio_samples" not in latent:
         raise ValueError(f"{name}: this LATENT was not made by the MOVA Joint Sampler (it has no audio stream); "
                          "connect the MOVA Joint Sampler's output")
@@ -56,7 +57,8 @@ def latents_from_comfy(latent: dict, name: str = "latent") -> JointLatents:
     return JointLatents(video=latent["samples"], audio=latent["audio_samples"], width=int(meta["width"]),
                         height=int(meta["height"]), num_frames=int(meta["num_frames"]),
                         video_fps=float(meta["video_fps"]), sample_rate=int(meta["sample_rate"]),
-                        segments=tuple(Seam.from_dict(d) for d in meta.get("segments") or ()))
+                        segments=tuple(Seam.from_dict(d) for d in meta.get("segments") or ()),
+                        has_audio=bool(meta.get("has_audio", True)))
 
 
 def conditioning_of(value) -> Conditioning:

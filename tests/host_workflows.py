@@ -15,7 +15,7 @@ import numpy as np
 from host_fixtures import REPO_ROOT
 
 API_DIR = REPO_ROOT / "workflows" / "api"
-SHIPPED = ("i2va", "t2va", "a2v", "v2a")
+SHIPPED = ("i2va", "t2va", "a2v", "v2a", "restyle")
 LONG = ("long24", "first_last")  # long clips and keyframes: tests/host/test_long_workflows.py
 
 # The small clip every test renders: a multiple of 16 on each side, 4k+1 frames.
@@ -24,6 +24,7 @@ TINY = {"width": 64, "height": 64, "frames": 9, "fps": 8.0, "steps": 3}
 LAST_FRAME_NAME = "mova_last_frame.png"  # what workflows/api/mova_first_last_api.json loads as the last frame
 VOICE_NAME = "mova_voice.wav"  # what workflows/api/mova_a2v_api.json loads
 CLIP_NAME = "mova_clip.mp4"  # what workflows/api/mova_v2a_api.json loads
+RESTYLE_CLIP_NAME = "mova_restyle_clip.mp4"  # what workflows/api/mova_restyle_api.json loads (a clip with sound)
 VOICE_SECONDS = 0.7
 VOICE_RATE = 44100
 CLIP_FRAMES = 13
@@ -104,12 +105,27 @@ def write_clip_mp4(path: Path, frames: int = CLIP_FRAMES, width: int = 64, heigh
     return write_mp4(path, images, fps)
 
 
+def write_sound_clip_mp4(path: Path, frames: int = CLIP_FRAMES, fps: float = 8.0) -> Path:
+    """The moving-gradient clip of ``write_clip_mp4`` with a 440 Hz tone as its sound (44.1 kHz mono)."""
+    import torch
+
+    from mova_model.media.av_io import read_video_frames, write_mp4
+
+    silent = write_clip_mp4(path.with_name("silent_" + path.name), frames=frames, fps=fps)
+    images, _ = read_video_frames(silent)
+    t = torch.arange(int(VOICE_RATE * frames / fps)) / VOICE_RATE
+    return write_mp4(path, images, fps, (torch.sin(2 * math.pi * 440 * t) * 0.3).reshape(1, -1), VOICE_RATE)
+
+
 def upload_media(comfy, workdir: Path) -> dict:
-    """Upload the A2V voice WAV and the V2A clip under the names the shipped workflows load (idempotent)."""
+    """Upload the A2V voice WAV, the V2A clip and the restyle clip under the names the shipped workflows load
+    (idempotent)."""
     if "voice" not in comfy.images:
         comfy.images["voice"] = comfy.upload_image(write_voice_wav(workdir / VOICE_NAME))
     if "clip" not in comfy.images:
         comfy.images["clip"] = comfy.upload_image(write_clip_mp4(workdir / CLIP_NAME))
+    if "restyle_clip" not in comfy.images:
+        comfy.images["restyle_clip"] = comfy.upload_image(write_sound_clip_mp4(workdir / RESTYLE_CLIP_NAME))
     if "last_frame" not in comfy.images:
         from comfy_host import write_test_image
 

@@ -240,8 +240,10 @@ class WorkerPool:
 
     # -- jobs -----------------------------------------------------------------------------------------------
     def sample(self, pipeline, conditioning, seed: int, steps: int, guidance, held=None,
-               on_step: Optional[Callable] = None, noise=None):
+               on_step: Optional[Callable] = None, noise=None, schedule=None, init=None, denoise: float = 1.0,
+               audio_denoise: Optional[float] = None):
         """Run `pipeline.sample(conditioning, ...)` on the workers; rank 0's `JointLatents` (on the CPU).
+        `schedule` / `init` / `denoise` / `audio_denoise`: as `MovaPipeline.sample` (solver, sigmas, restyle).
 
         `on_step(StepInfo)` runs here for every step of rank 0; if it raises, every worker stops at the same
         step and the exception is re-raised here."""
@@ -250,7 +252,8 @@ class WorkerPool:
         self.start()
         job = to_portable({"checkpoint": str(pipeline.checkpoint.root), "dtype": str(pipeline.dtype).replace("torch.", ""),
                            "memory": pipeline.memory, "lora": pipeline.lora, "conditioning": conditioning,
-                           "seed": int(seed), "steps": int(steps), "guidance": guidance, "held": held, "noise": noise})
+                           "seed": int(seed), "steps": int(steps), "guidance": guidance, "held": held, "noise": noise,
+                           "schedule": schedule, "init": init, "denoise": float(denoise), "audio_denoise": audio_denoise})
         self.stop_flag.clear()
         for q in self.jobs:
             q.put(job)
@@ -381,7 +384,9 @@ def _run_job(job: dict, rank: int, device: torch.device, context, pipelines: dic
                 raise WorkerCancelled()
 
         latents = pipe.sample(job["conditioning"], seed=job["seed"], steps=job["steps"], guidance=job["guidance"],
-                              noise=job["noise"], held=job["held"], callback=on_step)
+                              noise=job["noise"], held=job["held"], callback=on_step, schedule=job.get("schedule"),
+                              init=job.get("init"), denoise=job.get("denoise", 1.0),
+                              audio_denoise=job.get("audio_denoise"))
         if rank == 0:
             results.put(("done", 0, to_portable(latents)))
         else:

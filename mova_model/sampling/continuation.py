@@ -38,6 +38,7 @@ from .conditioning import keyframe_condition
 from .guidance import GuidanceConfig
 from .pipeline import Conditioning, InputError, JointLatents, MovaPipeline
 from .sampler import HOLD_MODES, HeldStream, seeded_noise
+from .schedules import ScheduleError, ScheduleOptions
 
 logger = logging.getLogger(__name__)
 
@@ -174,13 +175,19 @@ def join(previous: JointLatents, segment: JointLatents, seam: Seam, audio_length
 
 def extend(pipeline: MovaPipeline, previous: JointLatents, conditioning: Conditioning, overlap: int, seed: int,
            steps: int, guidance: Optional[GuidanceConfig] = None, hold_mode: str = "clean",
-           callback: Optional[Callable] = None) -> Extension:
+           callback: Optional[Callable] = None, schedule: Optional[ScheduleOptions] = None) -> Extension:
     """Sample a segment continuing `previous` and join it (module docstring). `conditioning` gives the new
     segment's prompt, frame count and any keyframes other than its first frame (which comes from `previous`).
+    `schedule`: the solver, shift and sigma list of the segment's run (None: the official Euler run).
     Raises `InputError` for a previous clip or overlap that cannot be continued, before any sampling."""
     if hold_mode not in HOLD_MODES:
         raise InputError(f"hold mode must be one of {', '.join(HOLD_MODES)}, got {hold_mode!r}")
     check_previous(pipeline, previous, conditioning, overlap)
+    if schedule is not None:
+        try:
+            schedule.validate()
+        except ScheduleError as exc:
+            raise InputError(str(exc)) from None
     c = conditioning
     m = (overlap - 1) // 4
     start = previous.num_frames - overlap
@@ -205,7 +212,7 @@ def extend(pipeline: MovaPipeline, previous: JointLatents, conditioning: Conditi
     logger.info("continuing a %d-frame clip from frame %d: %d overlap frames (%d video latents, %d audio latents "
                 "from latent %d), %s hold, seed %d", previous.num_frames, start, overlap, m + 1, big_m, o, hold_mode, seed)
     segment = pipeline.sample(segment_conditioning, seed=seed, steps=steps, guidance=guidance, held=holds,
-                              noise=seeded_noise(seed, video_shape, audio_shape), callback=callback)
+                              noise=seeded_noise(seed, video_shape, audio_shape), callback=callback, schedule=schedule)
     seam = Seam(frame=start, overlap_frames=overlap, video_latent=previous.video.shape[2] - m - 1, overlap_latents=m,
                 audio_latent=o, audio_overlap=big_m, seed=int(seed), mode=hold_mode)
     total = previous.num_frames + c.num_frames - overlap

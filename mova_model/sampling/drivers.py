@@ -3,7 +3,8 @@
 `prepare_driving_audio` turns any waveform (any rate, any channel count, any length) into the mono
 waveform of exactly one clip at the DAC's rate; `prepare_driving_video` turns a batch of frames into the
 clip's frame count at the clip's size. Both return a sentence saying what they changed, so the node can
-show it. `held_audio` / `held_video` then encode with the pipeline's VAEs and wrap a `HeldStream`.
+show it. `held_audio` / `held_video` then encode with the pipeline's VAEs and wrap a `HeldStream`;
+`encode_clip` encodes frames and (optionally) their sound the same way into a clip to restyle (denoise).
 """
 
 from __future__ import annotations
@@ -11,14 +12,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import List
+from typing import List, Optional
 
 import numpy as np
 import torch
 
 from ..media.av_io import resample_audio
 from ..media.image_preprocess import crop_and_resize
-from .pipeline import Conditioning, InputError, MovaPipeline, clip_audio_samples
+from .pipeline import Conditioning, InputError, JointLatents, MovaPipeline, clip_audio_samples
 from .sampler import HOLD_MODES, HeldStream
 
 
@@ -86,6 +87,16 @@ def _usable_frames(count: int, clip_fps: float, source_fps: float) -> int:
     `n - 1` needs `(n - 1) · step + 1/2 < count`."""
     last = math.ceil((count - Fraction(1, 2)) / _frame_step(clip_fps, source_fps)) - 1
     return last // 4 * 4 + 1
+
+
+def usable_frames(count: int, clip_fps: float, source_fps: float = 0.0) -> int:
+    """The longest clip (4k+1 frames at `clip_fps`) that `count` video frames at `source_fps` cover (0: unknown,
+    one video frame per clip frame); 0 when not even one frame."""
+    if count < 1:
+        return 0
+    if source_fps == 0 or abs(source_fps - clip_fps) <= 1e-6 * clip_fps:
+        return (count - 1) // 4 * 4 + 1
+    return max(_usable_frames(count, clip_fps, source_fps), 0)
 
 
 def prepare_driving_video(frames: torch.Tensor, conditioning: Conditioning, source_fps: float = 0.0) -> Prepared:
@@ -162,3 +173,27 @@ def held_video(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Condi
     prepared = prepare_driving_video(frames, conditioning, source_fps)
     latents = pipeline.encode_video(prepared.tensor)
     return HeldStream("video", latents, _check_mode(mode)), prepared.message
+
+
+def encode_clip(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Conditioning,
+                waveform: Optional[torch.Tensor] = None, sample_rate: int = 0, source_fps: float = 0.0) -> tuple:
+    """(JointLatents, notes) of a clip to restyle: the frames (ComfyUI IMAGE `[F, H, W, 3]` 0..1, prepared as
+    `prepare_driving_video`: the clip's size, frame count and fps) through the video VAE, and the waveform
+    (`[B, C, S]` or `[C, S]` at `sample_rate` Hz, prepared as `prepare_driving_audio`) through the DAC. Without a
+    waveform the audio latents are zeros and `has_audio` is False (a restyle then generates the sound)."""
+    c = conditioning
+    video = prepare_driving_video(frames, c, source_fps)
+    notes = [f"video: {video.message}"]
+    _, audio_shape = pipeline.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
+    video_latents = pipeline.encode_video(video.tensor)
+    if waveform is None:
+        audio_latents = torch.zeros(audio_shape, dtype=torch.float32)
+        notes.append("audio: none given (a restyle generates the sound)")
+    else:
+        audio = prepare_driving_audio(waveform, sample_rate, c, pipeline.sample_rate)
+        audio_latents = pipeline.encode_audio(audio.tensor)[..., : audio_shape[-1]]
+        notes.append(f"audio: {audio.message}")
+    latents = JointLatents(video=video_latents.float().cpu(), audio=audio_latents.float().cpu(), width=c.width,
+                           height=c.height, num_frames=c.num_frames, video_fps=c.video_fps,
+                           sample_rate=pipeline.sample_rate, has_audio=waveform is not None)
+    return latents, "; ".join(notes)

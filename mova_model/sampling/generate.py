@@ -7,6 +7,11 @@ One segment per `--prompt`; two or more are chained with `--overlap K` frames (s
 clip has `N·F − (N−1)·K` frames. The last line on stdout is the mp4 path; logs go to stderr. Bad settings
 are reported before anything is loaded or written (exit status 2).
 
+Sampler choice: `--solver euler|unipc|dpm++`, `--shift S` (default: the checkpoint's scheduler config),
+`--sigmas 1,0.9,...,0` (a custom schedule; it sets the step count). Restyle a clip: `--init-video clip.mp4
+--denoise 0.6` (its frames are cropped and resized like `--image`, taken at `--fps` from the video's own rate;
+its sound, if any, is restyled too, `--audio-denoise` giving the sound its own strength: 0 keeps it).
+
 Split for wrappers (the multi-GPU launcher): `build_parser()` parses, `request_from_args()` validates into a
 `GenerateRequest`, `generate(pipeline, request)` samples the joined latents, `write_outputs()` decodes and
 writes; `run_generate(pipeline, request)` does both.
@@ -32,6 +37,7 @@ from ..cli_args import CliParser
 from ..network.precision import auto_dtype
 from .guidance import GuidanceConfig
 from .pipeline import OFFICIAL_NEGATIVE_PROMPT, InputError, JointLatents, MovaPipeline, validate_geometry
+from .schedules import ScheduleError, ScheduleOptions, check_denoise, check_solver, parse_sigmas
 
 logger = logging.getLogger(__name__)
 
@@ -55,11 +61,27 @@ class GenerateRequest:
     cfg: float = 5.0
     negative_prompt: str = OFFICIAL_NEGATIVE_PROMPT
     hold_mode: str = "clean"
+    solver: str = "euler"
+    shift: Optional[float] = None
+    sigmas: Optional[tuple] = None
+    init_frames: Optional[np.ndarray] = None
+    """`--init-video` frames, uint8 `[F, H, W, 3]` (any size), at `init_fps` frames per second."""
+    init_fps: float = 0.0
+    init_audio: Optional[tuple] = None
+    """(`[C, S]` float32 waveform, sample rate) of `--init-video`'s sound; None when it has none."""
+    denoise: float = 1.0
+    audio_denoise: Optional[float] = None
     image: Optional[np.ndarray] = None
     last_image: Optional[np.ndarray] = None
     save_latents: Optional[Path] = None
     notes: List[str] = field(default_factory=list)
     loras: List["LoraSpec"] = field(default_factory=list)
+
+    @property
+    def schedule(self) -> Optional[ScheduleOptions]:
+        """The schedule options (None: the official Euler run)."""
+        options = ScheduleOptions(self.solver, self.shift, self.sigmas)
+        return None if options.is_default else options
 
     @property
     def total_frames(self) -> int:
@@ -89,6 +111,18 @@ def build_parser() -> argparse.ArgumentParser:
                         help="how the overlap is held from the previous segment")
     parser.add_argument("--out", type=Path, required=True, help="output .mp4")
     parser.add_argument("--save-latents", type=Path, help="also write the joined latents (.safetensors)")
+    parser.add_argument("--solver", default="euler",
+                        help="euler (official, default), unipc or dpm++ (the Wan 2.2 multistep flow solvers)")
+    parser.add_argument("--shift", type=float, default=None,
+                        help="schedule shift (default: the checkpoint's scheduler config)")
+    parser.add_argument("--sigmas", default=None,
+                        help="custom schedule: comma-separated sigmas from at most 1 down to 0 (sets the steps)")
+    parser.add_argument("--init-video", type=Path, default=None,
+                        help="a clip to restyle (its frames and sound); with --denoise below 1")
+    parser.add_argument("--denoise", type=float, default=1.0,
+                        help="restyle strength 0..1 (1: from pure noise, the default; 0: keep the clip)")
+    parser.add_argument("--audio-denoise", type=float, default=None,
+                        help="the sound's own strength 0..1 (default: --denoise; 0 keeps the clip's sound)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16", "float16"), default=None,
                         help="DiT dtype (default: bfloat16 on a GPU with native bf16, else float32)")
@@ -180,7 +214,7 @@ def check_cli_limits(args: argparse.Namespace, segments: int) -> None:
         raise InputError(str(exc)) from None
 
 
-def request_from_args(args: argparse.Namespace) -> GenerateRequest:
+def _request_without_schedule(args: argparse.Namespace) -> GenerateRequest:
     """Validate every setting (nothing loaded yet); raises `InputError` naming what is wrong and what is allowed."""
     from .continuation import check_overlap
 
@@ -212,6 +246,74 @@ def request_from_args(args: argparse.Namespace) -> GenerateRequest:
                            image=image, last_image=last_image, save_latents=args.save_latents, loras=loras)
 
 
+def request_from_args(args: argparse.Namespace) -> GenerateRequest:
+    """Every setting validated (nothing loaded yet), the sampler choice (--solver / --shift / --sigmas) and the clip
+    to restyle (--init-video / --denoise / --audio-denoise) included; `InputError` names what is wrong."""
+    request = _request_without_schedule(args)
+    options = schedule_from_args(args)
+    request.solver, request.shift, request.sigmas = options.solver, options.shift, options.sigmas
+    read_init_video(args, request)
+    return request
+
+
+def schedule_from_args(args: argparse.Namespace) -> ScheduleOptions:
+    """--solver / --shift / --sigmas as checked `ScheduleOptions`; `InputError` naming the option."""
+    checks = (("--solver", lambda: check_solver(str(args.solver))),
+              ("--sigmas", lambda: parse_sigmas(args.sigmas) if args.sigmas is not None else None),
+              ("--shift", lambda: ScheduleOptions(shift=args.shift).validate()))
+    values = []
+    for flag, check in checks:
+        try:
+            values.append(check())
+        except ScheduleError as exc:
+            raise InputError(f"{flag}: {exc}") from None
+    if values[1] is not None:
+        logger.info("--sigmas gives %d steps (--steps%s not used)", len(values[1]) - 1,
+                    "" if args.shift is None else " and --shift")
+    return ScheduleOptions(values[0], args.shift, values[1])
+
+
+def read_init_video(args: argparse.Namespace, request: GenerateRequest) -> None:
+    """--init-video / --denoise / --audio-denoise into `request` (frames, fps, sound), checked before any loading:
+    the strengths in 0..1, one segment, a video long enough for --frames at --fps."""
+    from ..media.av_io import MediaError, read_audio, read_video_frames
+    from .drivers import usable_frames
+
+    try:
+        request.denoise = check_denoise("--denoise", float(args.denoise))
+        if args.audio_denoise is not None:
+            request.audio_denoise = check_denoise("--audio-denoise", float(args.audio_denoise))
+    except ScheduleError as exc:
+        raise InputError(str(exc)) from None
+    if args.init_video is None:
+        if request.denoise < 1 or (request.audio_denoise is not None and request.audio_denoise < 1):
+            raise InputError("--denoise / --audio-denoise below 1 rework an existing clip: give it with --init-video")
+        return
+    if len(request.prompts) > 1:
+        raise InputError("--init-video restyles one clip: give one --prompt")
+    path = Path(args.init_video)
+    if not path.is_file():
+        raise InputError(f"--init-video: file {str(path)!r} does not exist")
+    try:
+        frames, fps = read_video_frames(path)
+    except (MediaError, OSError, ValueError) as exc:  # PyAV raises its own errors, all OSError/ValueError subclasses
+        raise InputError(f"--init-video: {str(path)!r} is not a readable video ({exc})") from None
+    usable = usable_frames(frames.shape[0], request.fps, fps)
+    if usable < request.frames:
+        raise InputError(f"--init-video: {str(path)!r} has {frames.shape[0]} frames at {fps:g} fps "
+                         f"({frames.shape[0] / fps:.2f} s), too short for --frames {request.frames} at --fps "
+                         f"{request.fps:g}; use --frames {usable} or fewer" if usable else
+                         f"--init-video: {str(path)!r} is too short for even one frame")
+    try:
+        request.init_audio = read_audio(path)
+    except MediaError:
+        request.init_audio = None  # no sound: a restyle generates it
+        if request.audio_denoise is not None and request.audio_denoise < 1:
+            raise InputError(f"--audio-denoise {request.audio_denoise:g}: {str(path)!r} has no sound to keep or "
+                             "rework; leave --audio-denoise out (the sound is generated)") from None
+    request.init_frames, request.init_fps = frames, float(fps)
+
+
 def generate(pipeline: MovaPipeline, request: GenerateRequest,
              callback: Optional[Callable] = None) -> JointLatents:
     """Sample every segment and join them: `JointLatents` of `request.total_frames` frames.
@@ -230,14 +332,24 @@ def generate(pipeline: MovaPipeline, request: GenerateRequest,
             prompt, request.negative_prompt, request.image if index == 0 else None, width=request.width,
             height=request.height, num_frames=request.frames, video_fps=request.fps, last_image_uint8=last)
         if joined is None:
+            init = None
+            if request.init_frames is not None:
+                from .drivers import encode_clip
+
+                waveform, rate = (None, 0) if request.init_audio is None else request.init_audio
+                init, notes = encode_clip(pipeline, torch.from_numpy(request.init_frames).float().div(255), conditioning,
+                                          None if waveform is None else torch.from_numpy(waveform), rate,
+                                          source_fps=request.init_fps)
+                logger.info("init clip: %s", notes)
             joined = pipeline.sample(conditioning, seed=request.seed, steps=request.steps, guidance=guidance,
-                                     callback=callback)
+                                     callback=callback, schedule=request.schedule, init=init, denoise=request.denoise,
+                                     audio_denoise=request.audio_denoise)
         else:
             from .continuation import extend
 
             joined = extend(pipeline, joined, conditioning, overlap=request.overlap, seed=request.seed + index,
                             steps=request.steps, guidance=guidance, hold_mode=request.hold_mode,
-                            callback=callback).joined
+                            callback=callback, schedule=request.schedule).joined
     assert joined is not None
     return joined
 

@@ -35,6 +35,7 @@ from ..network.lora import LoraPatch, LoraPatchSet, LoraWeights, load_lora
 from ..memory.model_store import ComponentCache, MemoryHost, MemoryOptions, SamplingModels
 from .sampler import Held, HeldStream, SamplingInputs, SamplingStats, StepInfo, held_list, sample as run_sampler, seeded_noise
 from .scheduler import FlowMatchPairScheduler
+from .schedules import PLAIN_DENOISE, ScheduleError, ScheduleOptions, check_denoise, joint_schedule
 from .speed import SpeedOptions, choose_batch_guidance, speed_run
 from .step_cache import StepCacheConfig
 from ..network.text_encoder import TextEncoder, prompt_clean
@@ -91,6 +92,9 @@ class JointLatents:
     sample_rate: int
     segments: tuple = ()
     """For a joined clip: one `continuation.Seam` per join, in order (empty for a single segment)."""
+    has_audio: bool = True
+    """False for an encoded clip that had no sound (`drivers.encode_clip` without audio): `audio` is zeros and a
+    restyle generates the sound from noise."""
 
 
 def clip_audio_samples(num_frames: int, video_fps: float, sample_rate: int) -> int:
@@ -377,24 +381,34 @@ class MovaPipeline:
     def sample(self, conditioning: Conditioning, seed: int = 42, steps: int = 50,
                guidance: Optional[GuidanceConfig] = None, noise: Optional[Tuple[torch.Tensor, torch.Tensor]] = None,
                held: Held = None, callback: Optional[Callable[[StepInfo], None]] = None,
-               plan=None, step_cache: Optional[StepCacheConfig] = None, parallel=None) -> JointLatents:
+               plan=None, step_cache: Optional[StepCacheConfig] = None, parallel=None,
+               schedule: Optional[ScheduleOptions] = None, init: Optional[JointLatents] = None,
+               denoise: float = 1.0, audio_denoise: Optional[float] = None) -> JointLatents:
         """Denoise one clip. `noise` = (video, audio) initial noise to inject; else drawn from `seed` exactly as
         the official script does. `callback(StepInfo)` runs after each step and may raise to cancel.
         `plan`: a `memory.planner.MemoryPlan` to follow instead of planning from the memory options.
         `step_cache`: skip passes whose output barely changes (None: never). Speed options: `self.speed`.
         `parallel`: a `mova_model.parallel.ParallelContext` of this rank (CFG / sequence parallel); every rank
         calls `sample` with the same arguments and gets the same latents. With `remote` set, the worker
-        pool samples and this process only relays the callback."""
+        pool samples and this process only relays the callback.
+        `schedule`: solver, shift and sigma list (`schedules.ScheduleOptions`; None: the official Euler run; a
+        sigma list sets the step count). `init`: a clip to restyle (`JointLatents` of this clip's size, e.g. from
+        `drivers.encode_clip`), sampled from `denoise` (video; 1: pure noise, the init unused; 0: kept as it is)
+        and `audio_denoise` (None: the same as `denoise`); both 0 returns `init` unchanged. With a sigma list the
+        strengths are 1 or 0 and the init is noised to the list's first sigma."""
         parallel = parallel if parallel is not None else self.parallel
         if (self.remote is not None or parallel is not None) and step_cache is not None and step_cache.enabled:
             raise InputError("the step cache does not combine with multi-GPU sampling (each guidance branch runs on "
                              "its own rank): disconnect the MOVA Step Cache or the MOVA Multi-GPU node")
+        c = conditioning
+        video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
+        options = schedule or ScheduleOptions()
+        strengths = self._strengths(options, init, denoise, audio_denoise, video_shape, audio_shape)
         if self.remote is not None and plan is None and parallel is None:
             return self.remote.sample(self, conditioning, seed, steps, guidance or GuidanceConfig(), held, callback,
-                                      noise=noise)
-        c = conditioning
+                                      noise=noise, schedule=schedule, init=init, denoise=denoise,
+                                      audio_denoise=audio_denoise)
         self.cache.verify_files()
-        video_shape, audio_shape = self.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
         if noise is None:
             video_noise, audio_noise = seeded_noise(seed, video_shape, audio_shape)
         else:
@@ -402,6 +416,16 @@ class MovaPipeline:
             if tuple(video_noise.shape) != video_shape or tuple(audio_noise.shape) != audio_shape:
                 raise InputError(f"injected noise must be video {list(video_shape)} and audio {list(audio_shape)}, "
                                  f"got {list(video_noise.shape)} and {list(audio_noise.shape)}")
+        kept = self._kept_streams(held, init, strengths)
+        if len(kept) == 2:  # nothing left to sample: the input as it is
+            logger.info("denoise 0 (or held) for both streams: the clip is returned unchanged")
+            return JointLatents(video=kept["video"].float().clone(), audio=kept["audio"].float().clone(), width=c.width,
+                                height=c.height, num_frames=c.num_frames, video_fps=c.video_fps,
+                                sample_rate=self.sample_rate, has_audio=init is None or init.has_audio)
+        holds = [] if held is None else [held] if isinstance(held, HeldStream) else list(held)
+        driven = {h.modality for h in holds if isinstance(h, HeldStream) and not h.is_range}
+        holds += [HeldStream(m, kept[m], "clean") for m in ("video", "audio") if m in kept and m not in driven]
+        held = holds or None
         try:
             holds = held_list(held)
         except ValueError as exc:
@@ -415,10 +439,28 @@ class MovaPipeline:
                                   or hold.time_slice.stop > expected[2] or shape[2] < 1):
                 raise InputError(f"held {hold.modality} range {list(shape)} at offset {hold.offset} does not fit the "
                                  f"clip's {hold.modality} latents {list(expected)}")
+        # a stream starts from the init clip below strength 1, or with a sigma list (noised to its first sigma)
+        starts = {m: getattr(init, m).to(self.device) for m in ("video", "audio")
+                  if init is not None and m not in kept and strengths[m] > 0.0
+                  and (strengths[m] <= PLAIN_DENOISE or options.sigmas is not None)}
         inputs = SamplingInputs(
             prompt_embeds=c.prompt_embeds.to(self.device), negative_prompt_embeds=c.negative_prompt_embeds.to(self.device),
             condition=c.condition.to(self.device), video_noise=video_noise.to(self.device),
-            audio_noise=audio_noise.to(self.device), video_fps=c.video_fps)
+            audio_noise=audio_noise.to(self.device), video_fps=c.video_fps, video_init=starts.get("video"),
+            audio_init=starts.get("audio"))
+        joint = None
+        if not options.is_default or starts:
+            # a stream kept whole (A2V / V2A, denoise 0) follows the generated stream's noise levels (renoise mode)
+            free = next(m for m in ("video", "audio") if m not in kept)
+            level = {m: strengths[free] if m in kept else strengths[m] for m in strengths}
+            try:
+                joint = joint_schedule(self.configs.scheduler, options, steps, level["video"], level["audio"])
+            except ScheduleError as exc:
+                raise InputError(str(exc)) from None
+            logger.info("schedule: %s, %d steps, video timesteps %.1f..%.1f, audio %.1f..%.1f", joint.solver,
+                        joint.num_steps, joint.video.timesteps[0].item(), joint.video.timesteps[-1].item(),
+                        joint.audio.timesteps[0].item(), joint.audio.timesteps[-1].item())
+        steps = options.num_steps(steps)
         passes = len(required_branches(guidance or GuidanceConfig()))
         if parallel is not None:
             parallel.check(self.configs, required_branches(guidance or GuidanceConfig()))
@@ -448,13 +490,59 @@ class MovaPipeline:
                 video, audio = run_sampler(speed.models(models), self.scheduler, inputs, steps,
                                            guidance or GuidanceConfig(), self.configs.boundary_timestep, held=held,
                                            callback=callback, stats=stats, step_cache=step_cache,
-                                           batch_guidance=batch, parallel=parallel)
+                                           batch_guidance=batch, parallel=parallel, schedule=joint)
                 stats.compile_s = speed.timer.total_s
         finally:
             models.finish()
             self.last_stats = stats
         return JointLatents(video=video, audio=audio, width=c.width, height=c.height, num_frames=c.num_frames,
                             video_fps=c.video_fps, sample_rate=self.sample_rate)
+
+    def _strengths(self, options: ScheduleOptions, init: Optional[JointLatents], denoise: float,
+                   audio_denoise: Optional[float], video_shape: tuple, audio_shape: tuple) -> Dict[str, float]:
+        """Checked per-stream denoise strengths {"video": d, "audio": d}; `InputError` naming the bad input."""
+        try:
+            options.validate()
+            strengths = {"video": check_denoise("denoise", denoise),
+                         "audio": check_denoise("audio denoise", denoise if audio_denoise is None else audio_denoise)}
+        except ScheduleError as exc:
+            raise InputError(str(exc)) from None
+        if init is None:
+            if options.sigmas is not None and options.sigmas[0] <= PLAIN_DENOISE:
+                logger.warning("the sigma list starts at %g but no init clip is given: sampling starts from pure noise "
+                               "as if it were at that level (connect an init latent to restyle a clip)", options.sigmas[0])
+            if min(strengths.values()) <= PLAIN_DENOISE:
+                raise InputError(f"denoise {min(strengths.values()):g} reworks an existing clip: connect one (MOVA "
+                                 "Encode → the sampler's init latent; CLI: --init-video), or use denoise 1")
+            return strengths
+        if not isinstance(init, JointLatents):
+            raise InputError("init: not a MOVA latent (connect a MOVA Encode, Joint Sampler or Extend output)")
+        if tuple(init.video.shape) != video_shape or tuple(init.audio.shape) != audio_shape:
+            raise InputError(f"the init clip is {init.width}x{init.height}, {init.num_frames} frames (latents "
+                             f"{list(init.video.shape)} and {list(init.audio.shape)}) but this clip is {video_shape[-1] * 8}x"
+                             f"{video_shape[-2] * 8}, {(video_shape[2] - 1) * 4 + 1} frames at the conditioning's fps "
+                             f"(latents {list(video_shape)} and {list(audio_shape)}): encode it with this conditioning")
+        if not init.has_audio:
+            if audio_denoise is not None and audio_denoise <= PLAIN_DENOISE:
+                raise InputError(f"audio denoise {audio_denoise:g}: the init clip has no sound to keep or rework; "
+                                 "use audio denoise 1 (or leave it at the same as denoise), or encode the clip with its audio")
+            strengths["audio"] = 1.0
+        if options.sigmas is not None and any(0.0 < d <= PLAIN_DENOISE for d in strengths.values()):
+            raise InputError("a custom sigma list sets where sampling starts by itself: use denoise 1 (start the list "
+                             "lower, e.g. with SplitSigmas) or 0 (keep the stream) with it")
+        return strengths
+
+    @staticmethod
+    def _kept_streams(held: Held, init: Optional[JointLatents], strengths: Dict[str, float]) -> Dict[str, torch.Tensor]:
+        """{modality: clean latents} of the streams that are not sampled: held whole, or at denoise 0."""
+        kept = {}
+        for hold in ([] if held is None else [held] if isinstance(held, HeldStream) else list(held)):
+            if isinstance(hold, HeldStream) and not hold.is_range:
+                kept[hold.modality] = hold.latents
+        for modality in ("video", "audio"):
+            if init is not None and strengths[modality] == 0.0 and modality not in kept:
+                kept[modality] = init.video if modality == "video" else init.audio
+        return kept
 
     # -- decoding -------------------------------------------------------------------------------------
     def decode_video_raw(self, latents: JointLatents | torch.Tensor) -> torch.Tensor:

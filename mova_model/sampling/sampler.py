@@ -2,8 +2,12 @@
 
 Per step (official order): pick the video expert (permanent switch to `video_dit_2` at the first step whose
 video timestep is below `boundary_ratio × num_train_timesteps`), run the guidance branches through the joint
-denoiser with `cat([latents, condition])` as the video input, combine in float32, then move each stream from
-its timestep to the next with the scheduler's `step_from_to` (grid-looked-up sigmas; sigma 0 after the last).
+denoiser with `cat([latents, condition])` as the video input, combine in float32, then move each stream to the
+next sigma with its own solver state (`solvers.py`). The default schedule is the official one (`euler` on the
+scheduler's timestep pairs, grid-looked-up sigmas, sigma 0 after the last), bit for bit as `step_from_to`; a
+`schedules.JointSchedule` picks another solver (`unipc`, `dpm++`), shift, sigma list or per-stream denoise
+strength. With clean initial latents (`SamplingInputs.video_init` / `audio_init`, denoise) a stream starts at
+`(1 − σ₀)·x0 + σ₀·noise`, σ₀ the first sigma of its schedule.
 
 Held streams (A2V: audio given, V2A: video given) keep one stream fixed to given clean latents:
 - `"clean"` (default): the held tower sees the clean latents at timestep 0 every step, as a finished stream
@@ -35,6 +39,8 @@ from ..network.denoiser import BridgeScales, joint_forward
 from .branch_runner import JointModels, StepInputs, run_branches
 from .guidance import Branch, GuidanceConfig, combine, required_branches
 from .scheduler import FlowMatchPairScheduler
+from .schedules import JointSchedule, official_joint_schedule
+from .solvers import make_solver
 from .step_cache import JointStepCache, StepCacheConfig
 
 logger = logging.getLogger(__name__)
@@ -124,6 +130,8 @@ class SamplingInputs:
 
     prompt_embeds / negative_prompt_embeds: `[1, 512, text_dim]`; condition: `[1, 4 + z, T', H/8, W/8]`;
     video_noise `[1, z, T', H/8, W/8]`, audio_noise `[1, C, L]` (float32); video_fps in frames per second.
+    video_init / audio_init: clean latents of the same shapes to start from, noised to the first sigma of the
+    stream's schedule (denoise < 1); None: the stream starts from its noise.
     """
 
     prompt_embeds: torch.Tensor
@@ -132,6 +140,8 @@ class SamplingInputs:
     video_noise: torch.Tensor
     audio_noise: torch.Tensor
     video_fps: float
+    video_init: Optional[torch.Tensor] = None
+    audio_init: Optional[torch.Tensor] = None
 
 
 class BranchRunner(Protocol):
@@ -186,6 +196,14 @@ def _held_input(held: HeldStream, noise: torch.Tensor, sigma: float, timestep: t
     return (1.0 - sigma) * clean + sigma * noise, timestep
 
 
+def _start(noise: torch.Tensor, init: Optional[torch.Tensor], sigma: torch.Tensor) -> torch.Tensor:
+    """A stream's first state: its noise, or its clean latents noised to `sigma`, `(1 − σ)·x0 + σ·noise`."""
+    if init is None:
+        return noise
+    sigma = sigma.to(device=noise.device, dtype=torch.float32)
+    return (1.0 - sigma) * init.to(device=noise.device, dtype=torch.float32) + sigma * noise
+
+
 def sample(
     models: DenoiserModels,
     scheduler: FlowMatchPairScheduler,
@@ -199,6 +217,7 @@ def sample(
     step_cache: Optional[StepCacheConfig] = None,
     batch_guidance: bool = False,
     parallel: Optional[BranchRunner] = None,
+    schedule: Optional[JointSchedule] = None,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Denoise from `inputs.video_noise` / `inputs.audio_noise`; return float32 (video `[1, z, T', H', W']`,
     audio `[1, C, L]`) latents. `callback(StepInfo)` runs after every step and may raise to cancel.
@@ -206,7 +225,9 @@ def sample(
     step_cache: skip passes whose output barely changes (`step_cache.py`; None or threshold 0: never);
     batch_guidance: run the guidance branches of a step as one batch (`branch_runner.py`);
     parallel: spreads the branches (and the token sequence) of every step over ranks; every rank returns the
-    same latents. It does not combine with the step cache or batched guidance (each rank runs its own branch)."""
+    same latents. It does not combine with the step cache or batched guidance (each rank runs its own branch).
+    schedule: the solver and per-stream schedules (None: the official Euler run of `scheduler`); its step count
+    must be `num_steps`. Each stream gets its own solver state; a held stream is never stepped."""
     if parallel is not None and ((step_cache is not None and step_cache.enabled) or batch_guidance):
         raise ValueError("multi-GPU sampling runs each guidance branch on its own rank: turn off the step cache "
                          "and batched guidance for it")
@@ -214,7 +235,10 @@ def sample(
         raise ValueError(f"steps must be at least 1, got {num_steps}")
     guidance.validate()
     device = inputs.condition.device
-    pairs = scheduler.timesteps_for(num_steps)
+    if schedule is None:
+        schedule = official_joint_schedule(scheduler, num_steps)
+    if schedule.num_steps != num_steps:
+        raise ValueError(f"the schedule has {schedule.num_steps} steps, the run {num_steps}")
     branches = required_branches(guidance)
     video_scales, audio_scales = guidance.scales("video"), guidance.scales("audio")
     bridge_on = BridgeScales(condition=1.0, a2v=guidance.a2v_scale, v2a=guidance.v2a_scale)
@@ -227,8 +251,8 @@ def sample(
     video_noise = inputs.video_noise.to(device=device, dtype=torch.float32)
     audio_noise = inputs.audio_noise.to(device=device, dtype=torch.float32)
 
-    video = video_noise
-    audio = audio_noise
+    video = _start(video_noise, inputs.video_init, schedule.video.sigmas[0])
+    audio = _start(audio_noise, inputs.audio_init, schedule.audio.sigmas[0])
     if held is not None and held.modality == "video":
         video = held.latents.to(device=device, dtype=torch.float32)
     if held is not None and held.modality == "audio":
@@ -238,23 +262,27 @@ def sample(
     if "audio" in ranges and ranges["audio"].mode == "clean":
         audio = _with_range(audio, ranges["audio"], audio_noise, None)
 
+    video_solver = make_solver(schedule.solver, schedule.video, schedule.num_train_timesteps)
+    audio_solver = make_solver(schedule.solver, schedule.audio, schedule.num_train_timesteps)
     expert_name = HIGH_NOISE_EXPERT
     switched = False
     cache = JointStepCache(step_cache, num_steps) if step_cache is not None and step_cache.enabled else None
     decide_modality = "audio" if held is not None and held.modality == "video" else "video"
     for index in range(num_steps):
-        t_video = pairs[index, 0].reshape(1).to(device=device, dtype=torch.float32)
-        t_audio = pairs[index, 1].reshape(1).to(device=device, dtype=torch.float32)
+        t_video = schedule.video.timesteps[index].reshape(1).to(device=device, dtype=torch.float32)
+        t_audio = schedule.audio.timesteps[index].reshape(1).to(device=device, dtype=torch.float32)
+        sigma_video = schedule.video.sigmas[index].item()
+        sigma_audio = schedule.audio.sigmas[index].item()
         video_in, t_video_in = video, t_video
         audio_in, t_audio_in = audio, t_audio
         if held is not None and held.modality == "video":
-            video_in, t_video_in = _held_input(held, inputs.video_noise.to(device), scheduler.sigma_of(t_video).item(), t_video)
+            video_in, t_video_in = _held_input(held, inputs.video_noise.to(device), sigma_video, t_video)
         if held is not None and held.modality == "audio":
-            audio_in, t_audio_in = _held_input(held, inputs.audio_noise.to(device), scheduler.sigma_of(t_audio).item(), t_audio)
+            audio_in, t_audio_in = _held_input(held, inputs.audio_noise.to(device), sigma_audio, t_audio)
         if "video" in ranges and ranges["video"].mode == "renoise":
-            video_in = _with_range(video_in, ranges["video"], video_noise, scheduler.sigma_of(t_video).item())
+            video_in = _with_range(video_in, ranges["video"], video_noise, sigma_video)
         if "audio" in ranges and ranges["audio"].mode == "renoise":
-            audio_in = _with_range(audio_in, ranges["audio"], audio_noise, scheduler.sigma_of(t_audio).item())
+            audio_in = _with_range(audio_in, ranges["audio"], audio_noise, sigma_audio)
 
         if not switched and t_video_in.item() < boundary_timestep:
             models.release(HIGH_NOISE_EXPERT)
@@ -294,15 +322,12 @@ def sample(
         video_velocity = combine(video_preds, *video_scales)
         audio_velocity = combine(audio_preds, *audio_scales)
 
-        last = index + 1 >= num_steps
-        t_video_next = None if last else pairs[index + 1, 0].reshape(1).to(device)
-        t_audio_next = None if last else pairs[index + 1, 1].reshape(1).to(device)
         if held is None or held.modality != "video":
-            video = scheduler.step_from_to(video_velocity, t_video, t_video_next, video_in if "video" in ranges else video)
+            video = video_solver.step(video_velocity, video_in if "video" in ranges else video)
             if "video" in ranges and ranges["video"].mode == "clean":
                 video = _with_range(video, ranges["video"], video_noise, None)
         if held is None or held.modality != "audio":
-            audio = scheduler.step_from_to(audio_velocity, t_audio, t_audio_next, audio_in if "audio" in ranges else audio)
+            audio = audio_solver.step(audio_velocity, audio_in if "audio" in ranges else audio)
             if "audio" in ranges and ranges["audio"].mode == "clean":
                 audio = _with_range(audio, ranges["audio"], audio_noise, None)
 

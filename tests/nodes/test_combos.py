@@ -52,6 +52,7 @@ def test_the_nodes_have_the_expected_combos(node_module):
         ("MovaGuidance", "preset"), ("MovaAudioDriver", "mode"), ("MovaVideoDriver", "mode"), ("MovaExtend", "hold_mode"), ("MovaMultiGPU", "split"),
         ("MovaTrainLora", "targets"), ("MovaTrainLora", "experts"), ("MovaTrainLora", "weights"),
         ("MovaPromptEnhancer", "backend"), ("MovaPromptEnhancer", "local_model"), ("MovaPromptEnhancer", "on_failure"),
+        ("MovaJointSampler", "solver"), ("MovaExtend", "solver"), ("MovaSigmas", "solver"),
     }  # fmt: skip
 
 

@@ -23,6 +23,7 @@ from mova_model.network.text_encoder import TextEncoder
 from mova_model.network.video_vae import VideoVAE
 
 from .runners_keyframes import run_keyframe_condition
+from .runners_solvers import run_solver_trajectory
 
 
 @dataclass
@@ -44,7 +45,7 @@ class CaseContext:
     case: dict
     inputs: Dict[str, torch.Tensor]
     outputs: Dict[str, torch.Tensor]
-    checkpoint_dir: Path
+    checkpoint_dir: Optional[Path]
     report: Report = field(default_factory=Report)
     _checkpoint: Optional[MovaCheckpoint] = None
 
@@ -59,8 +60,10 @@ class CaseContext:
         if inputs_path is not None:
             assert inputs_path.is_file(), f"case {case['name']}: inputs file {inputs_path} is missing"
             inputs = load_file(str(inputs_path))
-        checkpoint_dir = (root / case["checkpoint"]).resolve()
-        assert checkpoint_dir.is_dir(), f"case {case['name']}: checkpoint folder {checkpoint_dir} is missing"
+        checkpoint_dir = None  # `"checkpoint": null`: the case needs no model (e.g. solver trajectories)
+        if case["checkpoint"] is not None:
+            checkpoint_dir = (root / case["checkpoint"]).resolve()
+            assert checkpoint_dir.is_dir(), f"case {case['name']}: checkpoint folder {checkpoint_dir} is missing"
         return cls(root=root, index=index, case=case, inputs=inputs, outputs=load_file(str(outputs_path)),
                    checkpoint_dir=checkpoint_dir)
 
@@ -70,6 +73,7 @@ class CaseContext:
 
     @property
     def checkpoint(self) -> MovaCheckpoint:
+        assert self.checkpoint_dir is not None, f"case {self.case['name']} has no checkpoint (\"checkpoint\": null)"
         if self._checkpoint is None:
             self._checkpoint = MovaCheckpoint.open(self.checkpoint_dir)
             self._checkpoint.validate()
@@ -407,5 +411,6 @@ RUNNERS: Dict[str, Callable[[CaseContext], Report]] = {
     "bridge_direction_scales": run_bridge_scales,
     "split_timestep_denoiser": run_split_timestep,
     "keyframe_condition": run_keyframe_condition,
+    "solver_trajectory": run_solver_trajectory,
 }
 from .runners_training import RUNNERS_TRAINING; RUNNERS.update(RUNNERS_TRAINING)  # noqa: E402,E702  (training kinds)

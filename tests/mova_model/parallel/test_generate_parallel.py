@@ -65,3 +65,24 @@ def test_torchrun_refuses_a_degree_the_heads_do_not_allow(tiny):
     assert run.returncode != 0
     assert "Ulysses degree 2 does not divide the head counts" in run.stderr and "allowed degrees: 1" in run.stderr
     assert not (root / "bad.mp4").exists()
+
+
+def test_torchrun_cfg_parallel_unipc_restyle_equals_one_process(tiny):
+    """The solver states and the restyle start are the same on every rank: CFG-parallel stays bit-equal."""
+    import numpy as np
+
+    from mova_model.media.av_io import write_mp4
+
+    root, checkpoint, _ = tiny
+    clip = write_mp4(root / "init.mp4", np.random.default_rng(2).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8), 8.0,
+                     torch.sin(torch.linspace(0, 300, 8000)).reshape(1, -1) * 0.3, 16000)
+    extra = ["--solver", "unipc", "--init-video", str(clip), "--denoise", "0.7"]
+    one = generate(checkpoint, root, "restyle_one", extra=extra)
+    two = generate(checkpoint, root, "restyle_two", ranks=2, extra=[*extra, "--parallel", "cfg"])
+    assert one.returncode == 0, one.stderr[-3000:]
+    assert two.returncode == 0, two.stderr[-3000:]
+    a, b = load_file(str(root / "restyle_one.safetensors")), load_file(str(root / "restyle_two.safetensors"))
+    assert torch.equal(a["video"], b["video"]) and torch.equal(a["audio"], b["audio"])
+    plain = generate(checkpoint, root, "restyle_plain")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert not torch.equal(a["video"], load_file(str(root / "restyle_plain.safetensors"))["video"])
