@@ -4,6 +4,13 @@
 events. `ThrottledCopyEngine` is the CPU simulation (tests, `bench/overlap.py`): a worker thread does a real
 memcpy into separate "device" buffers, paced to a set bandwidth. Both have one serial copy queue, like one
 DMA engine, and the same interface (`CopyEngine`), so the streamer's prefetch logic is shared.
+
+Inference mode: ComfyUI runs every node inside `torch.inference_mode()`, on its own thread, and the copies run on
+the engine's worker thread, where that mode is off (it is thread-local). A tensor made inside inference mode
+can only be written inside it, so every buffer an engine allocates (device slots, resident copies, pinned
+staging) is made outside inference mode (a normal tensor is writable in either mode and can take part in a
+training step's autograd), and every worker job runs inside `torch.inference_mode()` (a byte copy needs no
+autograd, and there a write into either kind of tensor is allowed).
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ class CopyEngine:
     device: torch.device
 
     def allocate(self, nbytes: int) -> torch.Tensor:
-        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        return normal_empty(nbytes, device=self.device)
 
     def register(self, layout: BlockLayout) -> int:
         """Called once per streamed layout; returns host bytes it pinned (0 by default)."""
@@ -59,8 +66,14 @@ class CopyEngine:
         """Stop worker threads and drop host buffers."""
 
 
+def normal_empty(nbytes: int, device: torch.device | str = "cpu", pin_memory: bool = False) -> torch.Tensor:
+    """A flat uint8 buffer made outside inference mode, whatever the caller's mode (see the module docstring)."""
+    with torch.inference_mode(False):
+        return torch.empty(int(nbytes), dtype=torch.uint8, device=device, pin_memory=pin_memory)
+
+
 class _Worker:
-    """A single FIFO worker thread (one copy engine = one serial copy queue)."""
+    """A single FIFO worker thread (one copy engine = one serial copy queue). Jobs run in inference mode."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -68,17 +81,22 @@ class _Worker:
         self._thread: Optional[threading.Thread] = None
 
     def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            job()
+        with torch.inference_mode():
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                job()
 
     def put(self, job: Callable[[], None]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
         self._queue.put(job)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """Finish queued jobs and end the thread (a later `put` starts a new one)."""
