@@ -159,8 +159,13 @@ class SamplingModels:
         self.cache.release(name)
 
     def finish(self) -> None:
+        """End of a run: streamers and LoRA patches released, and the video expert dropped. The next run starts
+        with the high-noise expert, and keeping the low-noise one until then would put two experts' weights on
+        the device while that one is built (the plan counts one expert at a time)."""
         for name in list(self.streamers):
             self.streamers.pop(name).release()
         for module in self.patched.values():
             clear_lora(module)
         self.patched.clear()
+        for name in EXPERTS:
+            self.cache.release(name)
