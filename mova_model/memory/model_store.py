@@ -115,6 +115,12 @@ class ComponentCache:
         for name in list(self.modules):
             self.release(name)
 
+    def keep_only(self, names) -> None:
+        """Release every built module not in `names`: called as a phase starts (text encode, VAE encode, denoise,
+        VAE decode, audio decode), so the device holds what that phase uses, as its memory plan counts."""
+        for name in [n for n in self.modules if n not in set(names)]:
+            self.release(name)
+
 
 class SamplingModels:
     """`sampler.DenoiserModels` for one run: cache access, LoRA patches, and block streaming per the plan."""

@@ -171,7 +171,8 @@ class MovaPipeline:
         inputs = PlanInputs(vram_bytes=1.0, ram_bytes=max(ram_bytes, 1.0), width=width, height=height,
                             frames=num_frames, fps=video_fps, cfg_passes=cfg_passes, steps=steps,
                             weights="fp8" if options.weights == "fp8" or stored == "fp8" else "bf16", stored=stored,
-                            mode=options.mode, prefetch_depth=options.prefetch_depth, guidance_batch=guidance_batch)
+                            mode=options.mode, prefetch_depth=options.prefetch_depth, guidance_batch=guidance_batch,
+                            vae_element_bytes=4 if self.device.type == "cpu" else self.dtype.itemsize)
         arch = Architecture.from_configs(self.configs)
         if device == "cpu" or (device is None and self.device.type != "cuda" and vram_bytes is None
                                and options.mode != "budget"):
@@ -242,6 +243,7 @@ class MovaPipeline:
         this call and released afterwards. On a GPU it runs where the memory plan says: resident, with its 24
         blocks streamed, or on the CPU when even that does not fit."""
         placement = self.memory_plan().text_encoder if self.device.type == "cuda" else "resident"
+        self.cache.keep_only(("text_encoder",))  # one phase's modules at a time, as the memory plan counts
         module = self.cache.get("text_encoder", dtype=self.dtype, resident=placement == "resident")
         try:
             encoder = TextEncoder(self.checkpoint.root / "tokenizer", module)
@@ -261,6 +263,7 @@ class MovaPipeline:
     def video_vae(self) -> VideoVAE:
         """The Wan VAE (float32 on the CPU), checking `interrupt_check` between chunks of frames."""
         vae_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        self.cache.keep_only(("video_vae",))
         return VideoVAE(self.cache.get("video_vae", dtype=vae_dtype), self.configs.video_vae,
                         interrupt_check=self.interrupt_check)
 
@@ -380,6 +383,7 @@ class MovaPipeline:
                              + " (lower the resolution or frame count, use fp8 weights, or free VRAM)")
         logger.info("memory plan:\n%s", plan.format())
         self.last_plan = plan
+        self.cache.keep_only(DIT_COMPONENTS)  # the VAEs and the text encoder are not on the device while denoising
         models = SamplingModels(self.cache, self.lora, plan)
         stats = SamplingStats()
         try:
@@ -419,6 +423,7 @@ class MovaPipeline:
         """Waveform `[1, 1, L · hop]` float (untrimmed, as the official DAC decode) and its sample rate in Hz."""
         audio = latents.audio if isinstance(latents, JointLatents) else latents
         self.cache.verify_files()
+        self.cache.keep_only(("audio_vae",))
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
             wave = vae.decode(audio.to(self.device, torch.float32))
@@ -427,6 +432,7 @@ class MovaPipeline:
     def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
         """Audio latents `[1, C, L]` (posterior mean) of a mono waveform `[1, 1, S]` at the model's rate."""
         self.cache.verify_files()
+        self.cache.keep_only(("audio_vae",))
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
             padded = vae.preprocess(waveform.to(self.device, torch.float32), self.sample_rate)
