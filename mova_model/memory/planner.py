@@ -64,6 +64,16 @@ class MemoryPlan:
         return max(self.vram_phases.values(), default=0.0)
 
     @property
+    def pinned_bytes(self) -> float:
+        """Page-locked host memory of the denoise phase (bytes): every streamed module once (pin "all"), or two
+        staging buffers of the largest (pin "ring"), as `copy_engines.CudaCopyEngine` allocates them
+        (`pinned.PinnedArena`: exact sizes, returned when the run ends)."""
+        streamed = [m.nbytes for m in self.modules if not m.resident]
+        if not streamed or self.pin not in ("all", "ring"):
+            return 0.0
+        return float(sum(streamed)) if self.pin == "all" else 2.0 * max(streamed)
+
+    @property
     def overhead(self) -> float:
         """Predicted step-time overhead of streaming (and fp8 dequantization) over all-resident compute."""
         return self.step_s / self.compute_s_per_step - 1.0 if self.compute_s_per_step else 0.0

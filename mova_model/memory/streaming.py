@@ -196,8 +196,7 @@ class BlockStreamer:
             self._free = list(range(len(self._slots)))
             self.stats.slot_bytes = size * len(self._slots)
             self.stats.pinned_bytes += self.engine.reserve(size)
-            for module in self.streamed:
-                self.stats.pinned_bytes += self.engine.register(self.layout(module))
+            self.stats.pinned_bytes += self.engine.register_all([self.layout(m) for m in self.streamed])
         self._prepared = True
         logger.info("streamer on %s: %d resident modules (%.2f GB), %d streamed, %d slots of %.3f GB, prefetch %d",
                     self.device, len(self.resident), self.stats.resident_bytes / 1e9, len(self.streamed),
