@@ -80,7 +80,7 @@ class MovaLoader(io.ComfyNode):
                                        "models it can unload: only what the plan needs is asked for); budget: plan "
                                        "against vram_budget_gb; resident: everything on the GPU or a clear error. "
                                        "The plan is shown on the plan output."),
-                io.Float.Input("vram_budget_gb", default=12.0, min=1.0, max=1024.0, step=0.5,
+                io.Float.Input("vram_budget_gb", default=12.0, min=0.1, max=1024.0, step=0.5,
                                tooltip="VRAM to plan against in 'budget' mode (GB)."),
                 io.Combo.Input("weights", options=list(WEIGHT_MODES), default="as stored",
                                tooltip="fp8: store the DiT and bridge matrices as fp8 e4m3 with a per-tensor scale "

@@ -197,7 +197,11 @@ class MovaTrainLora(io.ComfyNode):
             targets=(custom_targets or "").strip() or targets, experts=experts, train_audio=bool(train_audio),
             train_bridge=bool(train_bridge), width=dataset.width, height=dataset.height, frames=dataset.frames,
             fps=dataset.fps, seed=int(seed), save_every=int(save_every), val_every=int(val_every), weights=weights,
-            gradient_checkpointing=bool(gradient_checkpointing), device=str(pipe.device))
+            gradient_checkpointing=bool(gradient_checkpointing), device=str(pipe.device),
+            # planned like `plan --train` with the Loader's memory mode: streamed when the plan says so, refused
+            # with the plan's numbers when nothing fits
+            memory_mode=pipe.memory.mode,
+            vram_budget_gb=pipe.memory.vram_budget_gb if pipe.memory.mode == "budget" else None)
         try:
             settings.validate()  # the settings' message before any decision on files
         except TrainingError as exc:
@@ -227,7 +231,8 @@ class MovaTrainLora(io.ComfyNode):
 
         pipe.release_all()  # the sampling modules; training builds what it needs
         trainer = LoraTrainer(pipe.checkpoint.root, dataset.path, out_path, settings, cache_dir=cache_dir,
-                              progress=on_progress, resume=choice.resume, overwrite=bool(overwrite))
+                              progress=on_progress, resume=choice.resume, overwrite=bool(overwrite),
+                              free_vram_probe=pipe.free_vram_probe)
         try:
             result = trainer.run()
         except TrainingError as exc:

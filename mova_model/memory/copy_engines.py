@@ -4,6 +4,13 @@
 events. `ThrottledCopyEngine` is the CPU simulation (tests, `bench/overlap.py`): a worker thread does a real
 memcpy into separate "device" buffers, paced to a set bandwidth. Both have one serial copy queue, like one
 DMA engine, and the same interface (`CopyEngine`), so the streamer's prefetch logic is shared.
+
+Inference mode: ComfyUI runs every node inside `torch.inference_mode()`, on its own thread, and the copies run on
+the engine's worker thread, where that mode is off (it is thread-local). A tensor made inside inference mode
+can only be written inside it, so every buffer an engine allocates (device slots, resident copies, pinned
+staging) is made outside inference mode (a normal tensor is writable in either mode and can take part in a
+training step's autograd), and every worker job runs inside `torch.inference_mode()` (a byte copy needs no
+autograd, and there a write into either kind of tensor is allowed).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 
 from .layout import BlockLayout, byte_view
+from .pinned import CheckedRegistrar, CudaHostRegistrar, PinnedHostCopies
 
 
 class CopyEngine:
@@ -31,10 +39,19 @@ class CopyEngine:
     device: torch.device
 
     def allocate(self, nbytes: int) -> torch.Tensor:
-        return torch.empty(nbytes, dtype=torch.uint8, device=self.device)
+        return normal_empty(nbytes, device=self.device)
 
     def register(self, layout: BlockLayout) -> int:
         """Called once per streamed layout; returns host bytes it pinned (0 by default)."""
+        return 0
+
+    def register_all(self, layouts: List[BlockLayout]) -> int:
+        """Called once with every streamed layout; returns the host bytes pinned for them."""
+        return sum(self.register(layout) for layout in layouts)
+
+    @property
+    def pinned_bytes(self) -> int:
+        """Host bytes page-locked by this engine right now (0 once closed)."""
         return 0
 
     def reserve(self, slot_bytes: int) -> int:
@@ -59,8 +76,14 @@ class CopyEngine:
         """Stop worker threads and drop host buffers."""
 
 
+def normal_empty(nbytes: int, device: torch.device | str = "cpu", pin_memory: bool = False) -> torch.Tensor:
+    """A flat uint8 buffer made outside inference mode, whatever the caller's mode (see the module docstring)."""
+    with torch.inference_mode(False):
+        return torch.empty(int(nbytes), dtype=torch.uint8, device=device, pin_memory=pin_memory)
+
+
 class _Worker:
-    """A single FIFO worker thread (one copy engine = one serial copy queue)."""
+    """A single FIFO worker thread (one copy engine = one serial copy queue). Jobs run in inference mode."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -68,17 +91,22 @@ class _Worker:
         self._thread: Optional[threading.Thread] = None
 
     def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            job()
+        with torch.inference_mode():
+            while True:
+                job = self._queue.get()
+                if job is None:
+                    return
+                job()
 
     def put(self, job: Callable[[], None]) -> None:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
             self._thread.start()
         self._queue.put(job)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
 
     def stop(self) -> None:
         """Finish queued jobs and end the thread (a later `put` starts a new one)."""
@@ -100,20 +128,54 @@ class ThrottledCopyEngine(CopyEngine):
 
     The copy is real (every byte is moved into a buffer distinct from the host tensors) and is paced in
     `chunk_bytes` pieces so that n bytes take n / bandwidth seconds. `bandwidth` in bytes/s; None = unpaced.
+    pin "all" / "ring" also runs `CudaCopyEngine`'s host side (`pinned.PinnedHostCopies`, registrations checked
+    by `pinned.CheckedRegistrar` unless `registrar` is given): copies come from the pinned copy of each module, or
+    pass through the staging buffers; "none" (default) copies straight from the module's tensors.
     """
 
-    def __init__(self, bandwidth: Optional[float] = None, chunk_bytes: int = 1 << 20) -> None:
+    def __init__(self, bandwidth: Optional[float] = None, chunk_bytes: int = 1 << 20, pin: str = "none",
+                 staging: int = 2, registrar=None) -> None:
+        if pin not in ("none", "all", "ring"):
+            raise ValueError(f"pin must be 'none', 'all' or 'ring', got {pin!r}")
         self.device = torch.device("cpu")
         self.bandwidth = bandwidth
         self.chunk_bytes = int(chunk_bytes)
         self.bytes_copied = 0
         self.busy_s = 0.0
         self._worker = _Worker("mova-throttled-copy")
+        self.host = None if pin == "none" else PinnedHostCopies(pin, staging, registrar)
+        self._next_staging = 0
 
-    def _paced_copy(self, layout: BlockLayout, slot: torch.Tensor) -> None:
+    @property
+    def pinned_bytes(self) -> int:
+        return self.host.pinned_bytes if self.host is not None else 0
+
+    def register_all(self, layouts: List[BlockLayout]) -> int:
+        return self.host.pin_all(layouts) if self.host is not None else 0
+
+    def reserve(self, slot_bytes: int) -> int:
+        return self.host.reserve(slot_bytes) if self.host is not None else 0
+
+    def _host_sources(self, layout: BlockLayout):
+        """(tensor, offset) pairs a streamed copy reads: the module's pinned copy, or (ring) a staging buffer the
+        module's tensors were first copied into, as `CudaCopyEngine` does."""
+        pinned = self.host.pinned(layout)
+        if pinned is None and self.host.pin == "all":
+            self.host.pin_all([layout])
+            pinned = self.host.pinned(layout)
+        if pinned is None:
+            index = self._next_staging
+            self._next_staging = (index + 1) % self.host.staging_count
+            if not self.host.has_staging(layout.nbytes):
+                self.host.reserve(layout.nbytes)
+            pinned = self.host.staging(index, layout.nbytes)
+            layout.copy_into(pinned)
+        return [(pinned, 0)]
+
+    def _paced_copy(self, layout: BlockLayout, slot: torch.Tensor, sources=None) -> None:
         start = time.perf_counter()
         done = 0
-        for tensor, offset in layout.sources:
+        for tensor, offset in (layout.sources if sources is None else sources):
             src = byte_view(tensor)
             for lo in range(0, src.numel(), self.chunk_bytes):
                 piece = src[lo:lo + self.chunk_bytes]
@@ -130,8 +192,8 @@ class ThrottledCopyEngine(CopyEngine):
         ticket = _Ticket()
 
         def job() -> None:
-            try:
-                self._paced_copy(layout, slot)
+            try:  # resident modules (`onload`, slot -1) are copied from their own tensors, as on a GPU
+                self._paced_copy(layout, slot, None if self.host is None or slot_id < 0 else self._host_sources(layout))
             except BaseException as exc:  # reported to the waiting compute thread
                 ticket.error = exc
             finally:
@@ -151,18 +213,24 @@ class ThrottledCopyEngine(CopyEngine):
         return buffer
 
     def close(self) -> None:
-        self._worker.stop()
+        try:
+            self._worker.stop()
+        finally:
+            if self.host is not None:
+                self.host.close()
 
 
 class CudaCopyEngine(CopyEngine):
     """Host->GPU copies on a side CUDA stream, ordered against the compute stream with events.
 
-    pin="all": each streamed module's bytes are copied once into its own pinned host buffer (host RAM =
-    streamed bytes) and every later copy is one DMA. pin="ring": `staging` pinned buffers are reused; a
-    worker thread memcpys the (memory-mapped) host tensors into a free staging buffer, then issues the DMA.
+    pin="all": each streamed module's bytes are copied once into one pinned arena (host RAM = streamed bytes)
+    and every later copy is one DMA. pin="ring": `staging` pinned buffers (one arena) are reused; a worker thread
+    memcpys the (memory-mapped) host tensors into a free staging buffer, then issues the DMA. Pinned memory is
+    `pinned.PinnedArena`s (exact sizes, `cudaHostRegister`, every call checked), returned by `close()`.
     """
 
-    def __init__(self, device: torch.device | str = "cuda", pin: str = "ring", staging: int = 2) -> None:
+    def __init__(self, device: torch.device | str = "cuda", pin: str = "ring", staging: int = 2,
+                 registrar=None) -> None:
         if pin not in ("all", "ring"):
             raise ValueError(f"pin must be 'all' or 'ring', got {pin!r}")
         self.device = torch.device(device)
@@ -170,34 +238,28 @@ class CudaCopyEngine(CopyEngine):
             raise ValueError(f"CudaCopyEngine needs a CUDA device, got {self.device}")
         self.pin = pin
         self.stream = torch.cuda.Stream(device=self.device)
-        self._pinned: Dict[int, torch.Tensor] = {}
+        self.host = PinnedHostCopies(pin, staging, registrar if registrar is not None
+                                     else CheckedRegistrar(CudaHostRegistrar()))
         self._release: Dict[int, Any] = {}
-        self._staging: List[torch.Tensor] = []
-        self._staging_events: List[Any] = []
-        self._staging_count = max(1, int(staging))
+        self._staging_events: List[Any] = [None] * self.host.staging_count
         self._next_staging = 0
         self._worker = _Worker("mova-cuda-copy")
 
+    @property
+    def pinned_bytes(self) -> int:
+        return self.host.pinned_bytes
+
+    def register_all(self, layouts: List[BlockLayout]) -> int:
+        return self.host.pin_all(layouts)
+
     def register(self, layout: BlockLayout) -> int:
-        if self.pin != "all" or id(layout) in self._pinned:
-            return 0
-        host = torch.empty(layout.nbytes, dtype=torch.uint8, pin_memory=True)
-        layout.copy_into(host)
-        self._pinned[id(layout)] = host
-        return layout.nbytes
+        return self.host.pin_all([layout])
 
     def reserve(self, slot_bytes: int) -> int:
         if self.pin != "ring":
             return 0
-        self._ensure_staging(slot_bytes)
-        return slot_bytes * self._staging_count
-
-    def _ensure_staging(self, nbytes: int) -> None:
-        if self._staging and self._staging[0].numel() >= nbytes:
-            return
-        torch.cuda.synchronize(self.device)
-        self._staging = [torch.empty(nbytes, dtype=torch.uint8, pin_memory=True) for _ in range(self._staging_count)]
-        self._staging_events = [None] * self._staging_count
+        torch.cuda.synchronize(self.device)  # older staging buffers may still be read by a DMA
+        return self.host.reserve(slot_bytes)
 
     def _dma(self, src: torch.Tensor, slot: torch.Tensor, release_event: Any) -> Any:
         with torch.cuda.stream(self.stream):
@@ -211,21 +273,25 @@ class CudaCopyEngine(CopyEngine):
     def submit(self, layout: BlockLayout, slot: torch.Tensor, slot_id: int) -> _Ticket:
         ticket = _Ticket()
         release_event = self._release.pop(slot_id, None)
-        pinned = self._pinned.get(id(layout))
+        pinned = self.host.pinned(layout)
+        if pinned is None and self.pin == "all":  # a module the streamer did not register: pin it now
+            self.host.pin_all([layout])
+            pinned = self.host.pinned(layout)
         if pinned is not None:
             ticket.cuda_event = self._dma(pinned, slot, release_event)
             ticket.done.set()
             return ticket
-        self._ensure_staging(layout.nbytes)
+        if not self.host.has_staging(layout.nbytes):
+            self.reserve(layout.nbytes)
 
         def job() -> None:
             try:
                 index = self._next_staging
-                self._next_staging = (index + 1) % self._staging_count
+                self._next_staging = (index + 1) % self.host.staging_count
                 previous = self._staging_events[index]
                 if previous is not None:
                     previous.synchronize()  # the staging buffer's last DMA has finished
-                staging = self._staging[index][:layout.nbytes]
+                staging = self.host.staging(index, layout.nbytes)
                 layout.copy_into(staging)
                 ticket.cuda_event = self._dma(staging, slot, release_event)
                 self._staging_events[index] = ticket.cuda_event
@@ -249,9 +315,11 @@ class CudaCopyEngine(CopyEngine):
         self._release[slot_id] = event
 
     def close(self) -> None:
-        if self._worker is not None:
-            self._worker.stop()
-        torch.cuda.synchronize(self.device)
-        self._pinned.clear()
-        self._staging, self._staging_events = [], []
-        self._release.clear()
+        try:
+            if self._worker is not None:
+                self._worker.stop()
+            torch.cuda.synchronize(self.device)  # no DMA reads the pinned memory any more
+        finally:
+            self.host.close()
+            self._staging_events = [None] * self.host.staging_count
+            self._release.clear()

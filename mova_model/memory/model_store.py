@@ -169,6 +169,12 @@ class ComponentCache:
                         self.device)
         return freed
 
+    def keep_only(self, names) -> None:
+        """Release every built module not in `names`: called as a phase starts (text encode, VAE encode, denoise,
+        VAE decode, audio decode), so the device holds what that phase uses, as its memory plan counts."""
+        for name in [n for n in self.modules if n not in set(names)]:
+            self.release(name)
+
 
 class SamplingModels:
     """`sampler.DenoiserModels` for one run: cache access, LoRA patches, and block streaming per the plan."""
@@ -213,8 +219,13 @@ class SamplingModels:
         self.cache.release(name)
 
     def finish(self) -> None:
+        """End of a run: streamers and LoRA patches released, and the video expert dropped. The next run starts
+        with the high-noise expert, and keeping the low-noise one until then would put two experts' weights on
+        the device while that one is built (the plan counts one expert at a time)."""
         for name in list(self.streamers):
             self.streamers.pop(name).release()
         for module in self.patched.values():
             clear_lora(module)
         self.patched.clear()
+        for name in EXPERTS:
+            self.cache.release(name)

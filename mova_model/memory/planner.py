@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from .sizes import (DEFAULT_TFLOPS, GB, GGUF_VECTOR_BYTES, HOST_COPY_GBPS, RUNTIME_HOST_BYTES, Architecture,
-                    ModulePlan, PlanInputs, activation_bytes, execution_modules, host_vae_bytes, margin_bytes,
-                    vae_bytes)
+                    ModulePlan, PlanInputs, activation_bytes, audio_decode_bytes, execution_modules, host_vae_bytes,
+                    latent_bytes, margin_bytes, text_encoder_activation_bytes, vae_bytes)
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,16 @@ class MemoryPlan:
     @property
     def vram_peak_bytes(self) -> float:
         return max(self.vram_phases.values(), default=0.0)
+
+    @property
+    def pinned_bytes(self) -> float:
+        """Page-locked host memory of the denoise phase (bytes): every streamed module once (pin "all"), or two
+        staging buffers of the largest (pin "ring"), as `copy_engines.CudaCopyEngine` allocates them
+        (`pinned.PinnedArena`: exact sizes, returned when the run ends)."""
+        streamed = [m.nbytes for m in self.modules if not m.resident]
+        if not streamed or self.pin not in ("all", "ring"):
+            return 0.0
+        return float(sum(streamed)) if self.pin == "all" else 2.0 * max(streamed)
 
     @property
     def overhead(self) -> float:
@@ -199,7 +209,7 @@ def dequant_scratch_bytes(arch: Architecture, inputs: PlanInputs) -> float:
 def _text_encoder_phase(arch: Architecture, vram: float) -> Tuple[str, float]:
     layer, other = arch.text_encoder_params()
     layer_b = 2.0 * layer  # the text encoder keeps its stored dtype (not quantized by default)
-    act = 0.5 * GB
+    act = text_encoder_activation_bytes(arch)
     margin = margin_bytes(vram)
     full = other * 2.0 + layer_b * arch.te_layers + act + margin
     if full <= vram:
@@ -310,7 +320,8 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bo
     base = [replace(m) for m in execution_modules(arch, inputs)]
     act = activation_bytes(arch, inputs)
     dequant = dequant_scratch_bytes(arch, inputs)
-    fixed = _stem_bytes(arch, inputs) + act + dequant + margin
+    latents = latent_bytes(arch, inputs)
+    fixed = _stem_bytes(arch, inputs) + act + dequant + latents + margin
     flops_per_s = inputs.tflops * 1e12 / max(1, inputs.guidance_batch)  # a batched pass computes B rows
     problems: List[str] = []
     notes: List[str] = []
@@ -343,7 +354,8 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bo
     streamed_b = sum(m.nbytes for m in modules if not m.resident)
     vram_denoise = {"embeddings+heads": _stem_bytes(arch, inputs), "resident blocks": float(resident_b),
                     "stream slots": float(slots), "activations": act,
-                    ("GGUF dequant" if inputs.gguf_type is not None else "fp8 dequant"): dequant, "reserve": margin}
+                    ("GGUF dequant" if inputs.gguf_type is not None else "fp8 dequant"): dequant,
+                    "latents + prompts": latents, "reserve": margin}
 
     # text encoder phase and VAE phase (the DiTs are released / not yet loaded in those phases)
     te_mode, te_peak = _text_encoder_phase(arch, vram)
@@ -354,7 +366,12 @@ def plan_memory(inputs: PlanInputs, arch: Optional[Architecture] = None, log: bo
     if vae_peak > vram:
         problems.append(f"the VAE needs {vae_peak / GB:.1f} GB even tiled")
     phases = {"text encode": te_peak, "VAE encode": vae_peak, "denoise": sum(vram_denoise.values()),
-              "VAE decode": vae_peak, "audio decode": 2.0 * arch.audio_vae_params + 1.0 * GB + margin}
+              "VAE decode": vae_peak, "audio decode": audio_decode_bytes(arch, inputs) + margin}
+    # A plan that fits fits every phase (issue 17 item 10: "fits: yes" beside an audio decode larger than the
+    # budget). The denoise and VAE phases are reported above; any other phase over the budget is reported here.
+    for phase in ("text encode", "audio decode"):
+        if phases[phase] > vram:
+            problems.append(f"VRAM: the {phase} needs {phases[phase] / GB:.2f} GB, {vram / GB:.2f} GB available")
 
     host = _host_side(modules, inputs)
     pin, anon, page_cache, link_bps = host.pin, host.anon, host.page_cache, host.link_bps

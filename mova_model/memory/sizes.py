@@ -24,7 +24,15 @@ bridge, 0.001 audio blocks)."""
 ACT_SLACK = 1.2
 """Allocator slack on top of the activation estimate (fragmentation of the caching allocator)."""
 ROPE_CHUNK_BYTES = 0.5 * GB
-"""float64 RoPE temporaries (rope.apply_complex_rope processes heads in 256 MB groups: input + product)."""
+"""float64 RoPE temporaries (rope.apply_complex_rope processes heads in 256 MB groups: input + product); a
+sequence smaller than one group needs only `16 · tokens · dim` bytes (`activation_bytes`)."""
+FP8_QUANT_CHUNK_BYTES = 64 * 2 ** 20
+"""fp8 matmul: the float32 piece of the activation quantized at a time (`network/fp8_matmul.py`)."""
+DAC_LIVE_TENSORS = 5
+"""DAC decode: tensors alive at once at a decoder stage (a residual unit's input, Snake output, dilated conv,
+Snake, 1x1 conv; the residual sum reuses one), each [channels of the stage, samples at the stage's rate]."""
+TEXT_BATCH = 2
+"""Prompts encoded together (the prompt and the negative prompt)."""
 VAE_BYTES_PER_PIXEL = 9216.0
 """Wan VAE decode working set per output pixel of one latent-frame chunk: ~12 live tensors of 4 frames ×
 96 channels × 2 bytes at full resolution (the widest stage). An estimate, to be calibrated on a GPU."""
@@ -103,6 +111,8 @@ class Architecture:
     vae_params: int = 126_892_531
     audio_vae_params: int = 371_539_137
     vae_base_dim: int = 96
+    audio_decoder_dim: int = 2048
+    audio_decoder_rates: Tuple[int, ...] = (8, 5, 4, 3, 2)
 
     @classmethod
     def from_configs(cls, configs) -> "Architecture":
@@ -115,7 +125,9 @@ class Architecture:
         arch = cls(TowerShape.from_config(configs.video_dit), TowerShape.from_config(configs.audio_dit), layers,
                    te.d_model, te.d_ff, te.num_heads * te.d_kv, te.num_layers, te.vocab_size, te.num_heads,
                    configs.audio_vae.hop_length, configs.audio_vae.sample_rate,
-                   vae_base_dim=int(vae_raw.get("decoder_base_dim") or vae_raw.get("base_dim") or 96))
+                   vae_base_dim=int(vae_raw.get("decoder_base_dim") or vae_raw.get("base_dim") or 96),
+                   audio_decoder_dim=int(configs.audio_vae.decoder_dim),
+                   audio_decoder_rates=tuple(int(r) for r in configs.audio_vae.decoder_rates))
         if arch == replace(cls.released(), vae_params=arch.vae_params, audio_vae_params=arch.audio_vae_params):
             return arch
         # not the released architecture: count the VAEs' parameters from the safetensors headers (no weight is
@@ -200,6 +212,7 @@ class PlanInputs:
     stem_bytes: Optional[float] = None
     """Measured bytes of the towers' embeddings, time MLPs and heads (None: 2 bytes per parameter, or 4 for
     `gguf:` weights, whose community files keep them in F32)."""
+    vae_element_bytes: int = 2  # element size of the video VAE on the device (float32 on the CPU)
 
     @property
     def gguf_type(self) -> Optional[str]:
@@ -305,26 +318,77 @@ def execution_modules(arch: Architecture, inputs: PlanInputs) -> List[ModulePlan
 
 
 def activation_bytes(arch: Architecture, inputs: PlanInputs) -> float:
-    """Peak activation memory of one dual-tower pass (bytes), B = `inputs.guidance_batch`, bf16 activations.
+    """Peak activation memory of one dual-tower pass (bytes), B = `inputs.guidance_batch`, bf16 activations, or
+    the float32 copy of the time projection's weight when that is larger (a small model on a short clip).
 
     Self-attention holds x, the modulated input, q, k, v, roped q/k and the attention output (~8 copies of
     [N, D] bf16 = 16·N·D bytes) plus the float64 RoPE groups; the FFN holds x, the modulated input and two
     [N, ffn] tensors (8·N·D + 4·N·ffn). The larger of the two, the complex128 RoPE table and the slack.
     """
     n, d, f = inputs.video_tokens, arch.video.dim, arch.video.ffn_dim
-    attn = 16.0 * n * d + ROPE_CHUNK_BYTES
+    attn = 16.0 * n * d + min(ROPE_CHUNK_BYTES, 16.0 * n * d)
     ffn = 8.0 * n * d + 4.0 * n * f
+    if inputs.weights == "fp8":  # fp8 matmul: the e4m3 copy of the FFN's [N, ffn] input and one float32 piece
+        ffn += n * f + min(FP8_QUANT_CHUNK_BYTES, 4.0 * n * f)
     freqs = n * (arch.video.head_dim // 2) * 16.0
     audio = 20.0 * inputs.audio_tokens(arch) * arch.audio.ffn_dim
-    return (max(attn, ffn) + freqs + audio) * ACT_SLACK * max(1, inputs.guidance_batch)
+    blocks = (max(attn, ffn) + freqs + audio) * max(1, inputs.guidance_batch)
+    # the time MLPs run in float32 whatever the weights (`dit_block.time_embeddings`): the [6·dim, dim]
+    # projection's float32 copy exists once per pass, before the blocks (0.63 GB for the released model)
+    time_cast = 4.0 * 6 * d * d
+    return max(blocks, time_cast) * ACT_SLACK
+
+
+def latent_bytes(arch: Architecture, inputs: PlanInputs) -> float:
+    """The sampling loop's float32 state on the device (bytes): per video latent position the condition and the
+    model input (`in_dim` channels each), the noise, the state, the combined velocity, a held copy and one
+    prediction per guidance pass (`out_dim` each); the same for the audio latents; the prompt and negative
+    prompt embeddings `[1, 512, text_dim]`."""
+    positions = inputs.video_tokens * arch.video.patch_volume
+    per_pass = inputs.cfg_passes
+    video = positions * (2 * arch.video.in_dim + (4 + per_pass) * arch.video.out_dim)
+    audio = inputs.audio_tokens(arch) * arch.audio.in_dim * (6 + per_pass)
+    text = 2 * TEXT_TOKENS * arch.video.text_dim
+    return 4.0 * (video + audio + text)
+
+
+def vae_bytes_per_pixel(arch: Architecture, element_bytes: int = 2) -> float:
+    """Working set of a Wan VAE chunk per output pixel: `VAE_LIVE_TENSORS` tensors of `VAE_CHUNK_FRAMES ×
+    base_dim` channels (9,216 bytes for the released VAE in bf16, `VAE_BYTES_PER_PIXEL`)."""
+    return float(VAE_LIVE_TENSORS * VAE_CHUNK_FRAMES * arch.vae_base_dim * element_bytes)
 
 
 def vae_bytes(arch: Architecture, inputs: PlanInputs, tiled: bool) -> float:
     """Peak VRAM of the Wan VAE encode/decode (bytes): weights + working set + the decoded video (fp32, cat)."""
     pixels = inputs.width * inputs.height
-    work = VAE_BYTES_PER_PIXEL * (min(pixels, VAE_TILE * VAE_TILE) if tiled else pixels)
+    element = inputs.vae_element_bytes
+    work = vae_bytes_per_pixel(arch, element) * (min(pixels, VAE_TILE * VAE_TILE) if tiled else pixels)
     output = 3.0 * inputs.frames * pixels * 4 * 2
-    return 2.0 * arch.vae_params + work + output
+    return element * arch.vae_params + work + output
+
+
+def audio_decode_bytes(arch: Architecture, inputs: PlanInputs) -> float:
+    """Peak device memory of the DAC decode (bytes): float32 weights (`pipeline.decode_audio`), the largest
+    decoder stage's working set (`DAC_LIVE_TENSORS` × channels × samples at that stage, float32) and the
+    waveform. Stage i has `decoder_dim / 2^(i+1)` channels at `latents × prod(rates[:i+1])` samples."""
+    samples = int(arch.audio_sample_rate * inputs.frames / inputs.fps)
+    latents = (samples - 1) // arch.audio_hop + 1
+    widest = float(arch.audio_decoder_dim * latents)
+    length = latents
+    for i, rate in enumerate(arch.audio_decoder_rates):
+        length *= rate
+        widest = max(widest, float(arch.audio_decoder_dim // 2 ** (i + 1)) * length)
+    return 4.0 * arch.audio_vae_params + DAC_LIVE_TENSORS * widest * 4.0 + 4.0 * length
+
+
+def text_encoder_activation_bytes(arch: Architecture, element_bytes: int = 2) -> float:
+    """Activations of the UMT5 encoder on the prompt and the negative prompt (bytes): per layer the hidden states
+    and attention projections (~8 × [B, 512, d_model]), the gated FFN (3 × [B, 512, d_ff]) in the compute
+    dtype, and the float32 attention scores with their position bias and softmax (3 × [B, heads, 512, 512])."""
+    tokens = TEXT_BATCH * TEXT_TOKENS
+    hidden = tokens * (8.0 * arch.te_d_model + 3.0 * arch.te_d_ff) * element_bytes
+    scores = 3.0 * TEXT_BATCH * arch.te_heads * TEXT_TOKENS * TEXT_TOKENS * 4
+    return (hidden + scores) * ACT_SLACK
 
 
 def margin_bytes(vram: float) -> float:

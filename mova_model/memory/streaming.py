@@ -175,6 +175,14 @@ class BlockStreamer:
         """Copy the resident modules to the device and allocate the slots (idempotent)."""
         if self._prepared:
             return self
+        try:
+            self._prepare()
+        except BaseException:
+            self.release()  # a failed start must not keep device buffers or the copy worker thread
+            raise
+        return self
+
+    def _prepare(self) -> None:
         for module in self.resident:
             layout = self.layout(module)
             buffer = self.engine.onload(layout)
@@ -188,27 +196,32 @@ class BlockStreamer:
             self._free = list(range(len(self._slots)))
             self.stats.slot_bytes = size * len(self._slots)
             self.stats.pinned_bytes += self.engine.reserve(size)
-            for module in self.streamed:
-                self.stats.pinned_bytes += self.engine.register(self.layout(module))
+            self.stats.pinned_bytes += self.engine.register_all([self.layout(m) for m in self.streamed])
         self._prepared = True
         logger.info("streamer on %s: %d resident modules (%.2f GB), %d streamed, %d slots of %.3f GB, prefetch %d",
                     self.device, len(self.resident), self.stats.resident_bytes / 1e9, len(self.streamed),
                     len(self._slots), self.slot_bytes / 1e9, self.depth)
-        return self
 
     def release(self) -> None:
-        """Free every device copy (slots and resident modules) and restore the host tensors."""
+        """Free every device copy (slots and resident modules), restore the host tensors and end the copy
+        engine's worker; also after a failed copy (its error was raised where the copy was waited for)."""
         self.detach()
-        for stream_index in list(self._inflight):
-            self._drop(stream_index)
-        for module in self._resident_buffers:
-            self.layout(module).unbind()
-        for layout in self._layouts.values():
-            if layout.bound:
-                layout.unbind()
-        self._resident_buffers.clear()
-        self._slots, self._free = [], []
-        self.engine.close()
+        try:
+            for stream_index in list(self._inflight):
+                try:
+                    self._drop(stream_index)
+                except Exception:  # a failed copy: reported by `enter`, nothing to wait for here
+                    logger.debug("dropping a failed copy while releasing", exc_info=True)
+            for module in self._resident_buffers:
+                self.layout(module).unbind()
+            for layout in self._layouts.values():
+                if layout.bound:
+                    layout.unbind()
+            self._resident_buffers.clear()
+            self._slots, self._free = [], []
+        finally:
+            self._inflight.clear()
+            self.engine.close()
         self._prepared = False
         if self.device.type == "cuda":
             torch.cuda.empty_cache()

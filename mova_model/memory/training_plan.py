@@ -60,6 +60,9 @@ class TrainingPlan:
     compute_s: float
     lora_parameters: int
     problems: List[str] = field(default_factory=list)
+    mode: str = "streamed"
+    """"all-resident" (every block of the trained experts, the audio DiT and the bridge on the device),
+    "streamed" (blocks streamed in both passes, checkpoints offloaded) or "cannot-fit"."""
 
     @property
     def vram_peak(self) -> float:
@@ -76,10 +79,12 @@ class TrainingPlan:
     def format(self) -> str:
         i = self.inputs
         g = lambda b: f"{b / GB:6.2f} GB"  # noqa: E731
+        how = (f"streamed (prefetch {self.prefetch_depth}), per-block checkpointing with offloaded checkpoints"
+               if self.mode == "streamed" else "every block resident")
         lines = [f"MOVA LoRA training plan: {i.width}x{i.height}, {i.frames} frames, rank {self.rank}, experts "
-                 f"{self.experts}, base weights {i.weights}, streamed (prefetch {self.prefetch_depth}), per-block "
-                 "checkpointing with offloaded checkpoints, cached latents",
+                 f"{self.experts}, base weights {i.weights}, {how}, cached latents",
                  f"  budget            VRAM {g(i.vram_bytes)}  host RAM {g(i.ram_bytes)}",
+                 f"  decision          {self.mode}",
                  f"  LoRA parameters   {self.lora_parameters / 1e6:.1f} M (fp32 weights + grads + AdamW moments)",
                  "  VRAM per step:"]
         lines += [f"    {k:<22}{g(v)}" for k, v in self.vram.items()]
@@ -96,8 +101,12 @@ class TrainingPlan:
 
 
 def plan_training(inputs: PlanInputs, arch: Optional[Architecture] = None, rank: int = 16, experts: str = "both",
-                  targets: str = "official", prefetch_depth: int = 1) -> TrainingPlan:
-    """Predict the device and host memory and the time of one training step (batch 1, no CFG)."""
+                  targets: str = "official", prefetch_depth: int = 1,
+                  gradient_checkpointing: bool = True) -> TrainingPlan:
+    """Predict the device and host memory and the time of one training step (batch 1, no CFG), and decide where
+    the blocks live: all resident when that fits the VRAM (`inputs.mode == "resident"`: always, or a problem),
+    else streamed through both passes (always with per-block checkpointing), else "cannot-fit" with the
+    numbers of both. With `experts="both"` both experts stay built while training alternates between them."""
     inputs.validate()
     arch = arch or Architecture.released()
     fp8 = inputs.weights == "fp8"
@@ -107,34 +116,58 @@ def plan_training(inputs: PlanInputs, arch: Optional[Architecture] = None, rank:
     n_lora = lora_params(arch, rank, components, targets)
     slot = max(m.nbytes for m in modules)
     act = activation_bytes(arch, inputs)
-    vram = {"embeddings+heads": _stem_bytes(arch),
-            "stream slots (2 passes)": 2.0 * (prefetch_depth + 1) * slot,
-            "LoRA + grads + AdamW": 16.0 * n_lora,
-            "block forward+backward": 2.0 * act,
-            "residual + its gradient": 2.0 * 2.0 * inputs.video_tokens * arch.video.dim * 2,
-            "fp8 dequant": 4.0 * arch.video.dim * arch.video.ffn_dim if fp8 else 0.0,
-            "reserve": margin_bytes(inputs.vram_bytes)}
     per_byte = 1.0 if fp8 else 2.0
     shared = min(arch.video.num_layers, arch.audio.num_layers)
     saved = (arch.video.num_layers * inputs.video_tokens * arch.video.dim
-             + shared * inputs.audio_tokens(arch) * arch.audio.dim) * 2.0 + len(arch.bridge_layers) * 0
+             + shared * inputs.audio_tokens(arch) * arch.audio.dim) * 2.0
+    common = {"LoRA + grads + AdamW": 16.0 * n_lora,
+              "block forward+backward": 2.0 * act,
+              "residual + its gradient": 2.0 * 2.0 * inputs.video_tokens * arch.video.dim * 2,
+              "fp8 dequant": 4.0 * arch.video.dim * arch.video.ffn_dim if fp8 else 0.0,
+              "reserve": margin_bytes(inputs.vram_bytes)}
+    streamed_vram = {"embeddings+heads": _stem_bytes(arch), "stream slots (2 passes)": 2.0 * (prefetch_depth + 1) * slot,
+                     **common}
+    extra_experts = len(experts_list) - 1
+    expert_blocks = float(sum(m.nbytes for m in modules if m.kind == "video"))
+    video_stem = 2.0 * arch.video.stem_params()
+    resident_vram = {"embeddings+heads": _stem_bytes(arch) + extra_experts * video_stem,
+                     "resident blocks": float(sum(m.nbytes for m in modules)) + extra_experts * expert_blocks,
+                     **common}
+    if gradient_checkpointing:
+        resident_vram["checkpoints (block inputs)"] = saved
+    else:  # every block's activations wait for the backward pass
+        resident_vram["block forward+backward"] = (arch.video.num_layers + shared) * act
+    resident_fits = sum(resident_vram.values()) <= inputs.vram_bytes
+    streamed_fits = sum(streamed_vram.values()) <= inputs.vram_bytes
+    if inputs.mode == "resident" or resident_fits or not streamed_fits and not gradient_checkpointing:
+        mode, vram = "all-resident", resident_vram
+    else:
+        mode, vram = "streamed", streamed_vram
     expert_params = arch.video.num_layers * arch.video.block_params()[0]
     other_params = arch.audio.num_layers * arch.audio.block_params()[0] + len(arch.bridge_layers) * sum(
         v[0] for v in arch.bridge_params().values())
     weights = (len(experts_list) * expert_params + other_params) * per_byte
-    host = {"offloaded checkpoints": saved, "pinned staging": 2.0 * 2 * slot, "process overhead": HOST_OVERHEAD}
+    if mode == "streamed":
+        host = {"offloaded checkpoints": saved, "pinned staging": 2.0 * 2 * slot, "process overhead": HOST_OVERHEAD}
+    else:
+        host = {"process overhead": HOST_OVERHEAD}
     page_cache = 0.0
-    if fp8 and inputs.stored != "fp8":
+    if fp8 and inputs.stored != "fp8" and mode == "streamed":
         host["fp8 weights (quantized)"] = weights
     else:
         page_cache = weights  # memory-mapped from the checkpoint files
     forward_flops = sum(m.flops for m in modules)
     compute_s = 4.0 * forward_flops / (inputs.tflops * 1e12)  # forward, recompute, backward (2x)
-    transfer_s = 2.0 * sum(m.nbytes for m in modules) / (inputs.pcie_gbps * GB)
+    transfer_s = 2.0 * sum(m.nbytes for m in modules) / (inputs.pcie_gbps * GB) if mode == "streamed" else 0.0
     step_s = max(compute_s, transfer_s) * 1.1
-    plan = TrainingPlan(inputs, experts, rank, prefetch_depth, vram, host, page_cache, step_s, compute_s, n_lora)
+    plan = TrainingPlan(inputs, experts, rank, prefetch_depth, vram, host, page_cache, step_s, compute_s, n_lora,
+                        mode=mode)
     if plan.vram_peak > inputs.vram_bytes:
-        plan.problems.append(f"needs {plan.vram_peak / GB:.1f} GB of VRAM, {inputs.vram_bytes / GB:.1f} GB available: "
+        plan.mode = "cannot-fit"
+        other = ("" if mode == "streamed" or not gradient_checkpointing
+                 else f" ({sum(streamed_vram.values()) / GB:.1f} GB with every block streamed)")
+        plan.problems.append(f"needs {plan.vram_peak / GB:.1f} GB of VRAM {'streamed' if mode == 'streamed' else 'all resident'}"
+                             f"{other}, {inputs.vram_bytes / GB:.1f} GB available: "
                              "fewer frames or a smaller size" + ("" if fp8 else ", or fp8 base weights"))
     if plan.host_peak > inputs.ram_bytes:
         plan.problems.append(f"needs {plan.host_peak / GB:.1f} GB of host RAM, budget {inputs.ram_bytes / GB:.1f} GB"

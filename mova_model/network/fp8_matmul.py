@@ -25,6 +25,10 @@ logger = logging.getLogger(__name__)
 _FP8 = torch.float8_e4m3fn
 _FP8_MAX = float(torch.finfo(_FP8).max)
 MIN_CAPABILITY = (8, 9)
+QUANT_CHUNK_BYTES = 64 * 2 ** 20
+"""The activation is scaled and rounded to e4m3 in row pieces of at most this many float32 bytes, so the only
+temporaries besides the e4m3 copy (1 byte per element) are one float32 piece (the memory planner counts both,
+`memory.sizes.FP8_QUANT_CHUNK_BYTES`). The values do not depend on it: every step is elementwise or a max."""
 
 
 class _State:
@@ -77,12 +81,29 @@ def scaled_linear(x: torch.Tensor, weight: torch.Tensor, weight_scale: Optional[
     if not _shapes_ok(x, weight):
         return None
     rows = x.reshape(-1, x.shape[-1])
-    amax = rows.abs().amax().float().clamp(min=1e-12)
-    x_scale = (amax / _FP8_MAX).reshape(())
-    x8 = (rows.float() / x_scale).clamp(-_FP8_MAX, _FP8_MAX).to(_FP8)
+    x_scale, x8 = quantize_rows(rows)
     w_scale = (weight_scale if weight_scale is not None else torch.ones(())).to(device=x.device, dtype=torch.float32)
     out = torch._scaled_mm(x8, weight.to(x.device).t(), scale_a=x_scale, scale_b=w_scale.reshape(()),
                            out_dtype=x.dtype)
+    del x8
     if bias is not None:
-        out = out + bias.to(device=x.device, dtype=x.dtype)
+        out.add_(bias.to(device=x.device, dtype=x.dtype))
     return out.reshape(*x.shape[:-1], weight.shape[0])
+
+
+def quantize_rows(rows: torch.Tensor) -> tuple:
+    """(scale, e4m3 rows) of an activation `rows` [N, K]: scale = max|x| / 448 (float32 scalar) and
+    `clamp(x / scale, ±448)` rounded to e4m3fn, the same numbers as the whole-tensor expression, computed in
+    pieces of `QUANT_CHUNK_BYTES` float32 bytes (in place where the piece is a copy already)."""
+    piece_rows = max(1, QUANT_CHUNK_BYTES // max(1, rows.shape[1] * 4))
+    pieces = range(0, rows.shape[0], piece_rows)
+    amax = torch.stack([rows[i:i + piece_rows].abs().amax() for i in pieces]).amax()
+    x_scale = (amax.float().clamp(min=1e-12) / _FP8_MAX).reshape(())
+    x8 = torch.empty(rows.shape, dtype=_FP8, device=rows.device)
+    for i in pieces:
+        piece = rows[i:i + piece_rows]
+        scaled = piece.float()
+        scaled = scaled / x_scale if scaled.data_ptr() == piece.data_ptr() else scaled.div_(x_scale)
+        x8[i:i + piece_rows].copy_(scaled.clamp_(-_FP8_MAX, _FP8_MAX))
+        del scaled
+    return x_scale, x8

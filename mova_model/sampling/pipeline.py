@@ -194,7 +194,8 @@ class MovaPipeline:
         inputs = PlanInputs(vram_bytes=1.0, ram_bytes=max(ram_bytes, 1.0), width=width, height=height,
                             frames=num_frames, fps=video_fps, cfg_passes=cfg_passes, steps=steps,
                             weights=weights, stored=stored, mode=options.mode, prefetch_depth=options.prefetch_depth,
-                            guidance_batch=guidance_batch, **measured)
+                            guidance_batch=guidance_batch,
+                            vae_element_bytes=4 if self.device.type == "cpu" else self.dtype.itemsize, **measured)
         arch = Architecture.from_configs(self.configs)
         if device == "cpu" or (device is None and self.device.type != "cuda" and vram_bytes is None
                                and options.mode != "budget"):
@@ -295,6 +296,7 @@ class MovaPipeline:
         this call and released afterwards. On a GPU it runs where the memory plan says: resident, with its 24
         blocks streamed, or on the CPU when even that does not fit."""
         placement = self.memory_plan().text_encoder if self.device.type == "cuda" else "resident"
+        self.cache.keep_only(("text_encoder",))  # one phase's modules at a time, as the memory plan counts
         module = self.cache.get("text_encoder", dtype=self.dtype, resident=placement == "resident")
         try:
             encoder = TextEncoder(self.checkpoint.root / "tokenizer", module)
@@ -314,6 +316,7 @@ class MovaPipeline:
     def video_vae(self) -> VideoVAE:
         """The Wan VAE (float32 on the CPU), checking `interrupt_check` between chunks of frames."""
         vae_dtype = torch.float32 if self.device.type == "cpu" else self.dtype
+        self.cache.keep_only(("video_vae",))
         return VideoVAE(self.cache.get("video_vae", dtype=vae_dtype), self.configs.video_vae,
                         interrupt_check=self.interrupt_check)
 
@@ -482,6 +485,7 @@ class MovaPipeline:
                              + " (lower the resolution or frame count, use fp8 weights, or free VRAM)")
         logger.info("memory plan:\n%s", plan.format())
         self.last_plan = plan
+        self.cache.keep_only(DIT_COMPONENTS)  # the VAEs and the text encoder are not on the device while denoising
         self.claim_vram(plan, [p for p in plan.vram_phases if p not in NON_DENOISE_PHASES])
         models = SamplingModels(self.cache, self.lora, plan)
         stats = SamplingStats()
@@ -569,6 +573,7 @@ class MovaPipeline:
         """Waveform `[1, 1, L · hop]` float (untrimmed, as the official DAC decode) and its sample rate in Hz."""
         audio = latents.audio if isinstance(latents, JointLatents) else latents
         self.cache.verify_files()
+        self.cache.keep_only(("audio_vae",))
         self.claim_vram(self.last_plan, ("audio decode",))
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():
@@ -578,6 +583,7 @@ class MovaPipeline:
     def encode_audio(self, waveform: torch.Tensor) -> torch.Tensor:
         """Audio latents `[1, C, L]` (posterior mean) of a mono waveform `[1, 1, S]` at the model's rate."""
         self.cache.verify_files()
+        self.cache.keep_only(("audio_vae",))
         self.claim_vram(self.last_plan, ("audio decode",))  # the audio VAE's working set, either direction
         vae = self.cache.get("audio_vae", dtype=torch.float32)
         with torch.no_grad():

@@ -285,6 +285,10 @@ def sample(
             audio_in = _with_range(audio_in, ranges["audio"], audio_noise, sigma_audio)
 
         if not switched and t_video_in.item() < boundary_timestep:
+            # Drop this loop's own references first: while `expert` / `executor` (or the parallel `forward`
+            # closure through them) still point at the high-noise expert, releasing it frees nothing and the
+            # low-noise expert would be built next to it (two experts' weights at the peak).
+            expert = executor = None
             models.release(HIGH_NOISE_EXPERT)
             expert_name = LOW_NOISE_EXPERT
             switched = True

@@ -29,6 +29,31 @@ logger = logging.getLogger(__name__)
 STORAGE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp8": torch.bfloat16}
 
 
+def training_plan(checkpoint: MovaCheckpoint, vram_bytes: float, clip_size: tuple, weights: str = "as stored",
+                  experts: str = "both", gradient_checkpointing: bool = True, prefetch_depth: int = 1,
+                  ram_bytes: Optional[float] = None, rank: int = 16, targets: str = "official", mode: str = "budget"):
+    """The `TrainingPlan` of a step of this checkpoint at `clip_size` = (width, height, frames, fps) against
+    `vram_bytes` (`python -m mova_model plan --train` for this checkpoint). Host RAM: `ram_bytes`, else what the OS
+    reports available. mode "resident" keeps every block on the device (or reports that it does not fit)."""
+    from ..memory.planner import available_ram_bytes
+    from ..memory.quantize import stored_format
+    from ..memory.sizes import Architecture, PlanInputs
+    from ..memory.training_plan import plan_training
+
+    width, height, frames, fps = clip_size
+    ram = ram_bytes if ram_bytes is not None else (available_ram_bytes() or float("inf"))
+    stored = stored_format(checkpoint.root)
+    inputs = PlanInputs(vram_bytes=max(float(vram_bytes), 1.0), ram_bytes=max(float(ram), 1.0), width=width,
+                        height=height, frames=frames, fps=fps, cfg_passes=1,
+                        weights="fp8" if weights == "fp8" or stored == "fp8" else "bf16", stored=stored,
+                        mode="resident" if mode == "resident" else "budget")
+    plan = plan_training(inputs, Architecture.from_configs(checkpoint.configs), rank=rank, experts=experts,
+                         targets=targets if targets in ("official", "attention") else "official",
+                         prefetch_depth=prefetch_depth, gradient_checkpointing=gradient_checkpointing)
+    logger.info("training plan:\n%s", plan.format())
+    return plan
+
+
 class TrainingModels:
     """Lazily built DiTs + the attached LoRA. `step(expert, clip, draw, ...)` runs one loss evaluation."""
 
@@ -36,7 +61,7 @@ class TrainingModels:
                  gradient_checkpointing: bool = True, vram_budget_gb: Optional[float] = None,
                  stream: Optional[bool] = None, prefetch_depth: int = 1, copy_engine_factory=None,
                  compute_dtype: Optional[torch.dtype] = None, clip_size: Optional[tuple] = None,
-                 experts: str = "both") -> None:
+                 experts: str = "both", plan=None) -> None:
         self.checkpoint = checkpoint
         self.device = torch.device(device)
         self.weights = weights
@@ -44,8 +69,13 @@ class TrainingModels:
         self.cache = ComponentCache(checkpoint, self.device, self.dtype or torch.float32, fp8=weights == "fp8")
         self.gradient_checkpointing = gradient_checkpointing
         self.vram_budget_gb = vram_budget_gb
+        if plan is None and stream is None and vram_budget_gb is not None and clip_size is not None:
+            plan = training_plan(checkpoint, vram_budget_gb * 1e9, clip_size, weights, experts, gradient_checkpointing,
+                                 prefetch_depth)
+        self.plan = plan
+        """The `memory.training_plan.TrainingPlan` this run follows (None: no device plan, everything resident)."""
         if stream is None:
-            stream = vram_budget_gb is not None and self.device.type == "cuda" and not self._fits_resident(clip_size, experts)
+            stream = plan is not None and plan.mode == "streamed"
         self.stream = stream
         self.prefetch_depth = int(prefetch_depth)
         self.copy_engine_factory = copy_engine_factory
@@ -57,30 +87,10 @@ class TrainingModels:
     def attach(self, lora: TrainableLora) -> None:
         self.lora = lora
 
-    def _fits_resident(self, clip_size: Optional[tuple], experts: str) -> bool:
-        """Whether the training plan puts every block of the step on the device within the VRAM budget.
-
-        clip_size: (width, height, frames, fps); without it the blocks are streamed."""
-        if clip_size is None:
-            return False
-        from ..memory.sizes import GB, Architecture, PlanInputs, execution_modules
-        from ..memory.training_plan import plan_training
-
-        width, height, frames, fps = clip_size
-        inputs = PlanInputs(vram_bytes=self.vram_budget_gb * GB, ram_bytes=1e15, width=width, height=height,
-                            frames=frames, fps=fps, cfg_passes=1, weights="fp8" if self.weights == "fp8" else "bf16",
-                            mode="budget")
-        arch = Architecture.from_configs(self.checkpoint.configs)
-        plan = plan_training(inputs, arch, experts=experts)
-        blocks = sum(m.nbytes for m in execution_modules(arch, inputs))
-        resident_peak = plan.vram_peak - plan.vram["stream slots (2 passes)"] + blocks
-        logger.info("training plan: all blocks resident needs %.2f GB of the %.2f GB budget",
-                    resident_peak / GB, self.vram_budget_gb)
-        return resident_peak <= inputs.vram_bytes
-
     def streamed(self) -> bool:
-        """Blocks streamed (always with per-block checkpointing): with a VRAM budget on a GPU, or when asked
-        (`stream=True`, e.g. on the CPU with the `ThrottledCopyEngine` simulation)."""
+        """Blocks streamed (always with per-block checkpointing): when the training plan says so (a VRAM budget
+        the blocks do not fit all at once; on the CPU the `ThrottledCopyEngine` simulates the device), or when
+        asked (`stream=True`)."""
         return bool(self.stream)
 
     def copy_engines(self):

@@ -97,8 +97,12 @@ class TrainingStreamer:
                                                copy_engine=copy_engines[1], tags=tags)
 
     def prepare(self) -> "TrainingStreamer":
-        self.forward_streamer.prepare()
-        self.backward_streamer.prepare()
+        try:
+            self.forward_streamer.prepare()
+            self.backward_streamer.prepare()
+        except BaseException:
+            self.release()  # neither streamer keeps device buffers or a copy thread after a failed start
+            raise
         return self
 
     def __call__(self, module: nn.Module, *args):

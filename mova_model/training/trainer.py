@@ -82,6 +82,10 @@ class TrainSettings:
     gradient_checkpointing: bool = True
     vram_budget_gb: Optional[float] = None
     device: str = "cpu"
+    memory_mode: str = "auto"
+    """How the step is placed on the device (the Loader's memory modes): "budget" plans against `vram_budget_gb`;
+    "auto" against it when given, else against the free VRAM on a GPU (no device plan on the CPU); "resident"
+    keeps every block on the device or refuses."""
     strict_dataset: bool = False
     official_pair: bool = False
     export_format: str = "mova"
@@ -132,6 +136,10 @@ class TrainSettings:
             problems.append(f"timestep sampling must be 'uniform' or 'logit_normal' (got {self.timestep_sampling!r})")
         if len(self.loss_weights) != 2 or min(self.loss_weights) < 0 or sum(self.loss_weights) <= 0:
             problems.append(f"loss weights must be two non-negative numbers, not both 0 (got {self.loss_weights})")
+        if self.memory_mode not in ("auto", "budget", "resident"):
+            problems.append(f"memory mode must be auto, budget or resident (got {self.memory_mode!r})")
+        elif self.memory_mode == "budget" and not (self.vram_budget_gb and self.vram_budget_gb > 0):
+            problems.append("memory mode 'budget' needs a VRAM budget in GB greater than 0")
         if self.save_every < 0 or self.val_every < 0 or self.val_items < 1:
             problems.append("save_every and val_every must be >= 0 and val_items >= 1")
         try:
@@ -238,7 +246,8 @@ class LoraTrainer:
     def __init__(self, checkpoint: Path | str, dataset: Path | str, out_path: Path | str, settings: TrainSettings,
                  cache_dir: Optional[Path | str] = None, resume: Optional[Path | str] = None,
                  init_lora: Optional[Path | str] = None,
-                 progress: Optional[Callable[[TrainProgress], None]] = None, overwrite: bool = False) -> None:
+                 progress: Optional[Callable[[TrainProgress], None]] = None, overwrite: bool = False,
+                 free_vram_probe: Optional[Callable[[float], float]] = None) -> None:
         self.checkpoint_dir, self.dataset = Path(checkpoint), Path(dataset)
         self.out_path = Path(out_path)
         self.settings = settings
@@ -250,6 +259,10 @@ class LoraTrainer:
         """Replace existing files at `out_path` (else they are refused, unless `resume` is their own state)."""
         self.saved_step: Optional[int] = None
         """The step of the last LoRA + state written by this run (None: nothing written yet)."""
+        self.free_vram_probe = free_vram_probe
+        """probe(bytes needed) -> free VRAM in bytes (ComfyUI's model management makes room first); None: CUDA's
+        own report. Used in the "auto" and "resident" memory modes on a GPU."""
+        self.plan = None
 
     # -- preparation: everything that can fail on bad input happens before the first write ----------
     def _prepare(self):
@@ -281,6 +294,7 @@ class LoraTrainer:
         except (CheckpointError, ValueError, OSError) as exc:
             raise TrainingError(f"checkpoint {self.checkpoint_dir}: {exc}") from exc
         geometry = ClipGeometry(s.width, s.height, s.frames, s.fps, int(checkpoint.configs.audio_vae.sample_rate))
+        self.plan = self._memory_plan(checkpoint)  # before the long work: a step that cannot fit is refused now
         self.progress(TrainProgress("encode", 0, s.steps, message="encoding clips"))
         try:
             clips, skipped = encode_dataset(
@@ -294,6 +308,38 @@ class LoraTrainer:
     def _on_clip(self, index: int, count: int, name: str) -> None:
         """Before each clip is read or encoded: the progress callback may raise here to cancel (within one clip)."""
         self.progress(TrainProgress("encode", index, count, message=f"encoding clip {index + 1}/{count}: {name}"))
+
+    def _memory_plan(self, checkpoint: MovaCheckpoint):
+        """The training step's memory plan (like `plan --train` for this checkpoint and clip), or None when there
+        is no device budget to plan against (the CPU without a budget). Raises `TrainingError` with the plan's
+        numbers when the step does not fit even with every block streamed."""
+        from ..memory.planner import free_vram_bytes
+        from .models import training_plan
+
+        s = self.settings
+        device = torch.device(s.device)
+        if s.vram_budget_gb and s.memory_mode in ("auto", "budget"):
+            vram = float(s.vram_budget_gb) * 1e9
+        elif device.type == "cuda":
+            vram = None
+        else:
+            return None
+        clip = (s.width, s.height, s.frames, s.fps)
+
+        def plan_for(vram_bytes: float, mode: str = s.memory_mode):
+            return training_plan(checkpoint, vram_bytes, clip, s.weights, s.experts, s.gradient_checkpointing,
+                                 rank=s.rank, targets=s.targets, mode=mode)
+
+        if vram is None:  # free VRAM, after asking the host to make room for what an all-resident step needs
+            need = plan_for(1e15, "resident").vram_peak
+            vram = float(self.free_vram_probe(need)) if self.free_vram_probe else free_vram_bytes(device)
+        plan = plan_for(vram)
+        if not plan.fits:
+            rows = ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in plan.vram.items() if v)
+            raise TrainingError(f"this training step does not fit in the memory available: {'; '.join(plan.problems)} "
+                                f"(VRAM per step: {rows})")
+        logger.info("training plan: %s, %.2f GB of VRAM of %.2f GB", plan.mode, plan.vram_peak / 1e9, vram / 1e9)
+        return plan
 
     def _build_lora(self, checkpoint: MovaCheckpoint, models: TrainingModels) -> TrainableLora:
         s = self.settings
@@ -331,8 +377,8 @@ class LoraTrainer:
             if int(hi * timesteps.count) <= int(lo * timesteps.count):
                 raise TrainingError(f"the {expert} expert has no training timesteps with boundary_ratio "
                                     f"{timesteps.boundary_ratio}; train the other expert")
-        models = TrainingModels(checkpoint, s.device, s.weights, s.gradient_checkpointing, s.vram_budget_gb,
-                                clip_size=(s.width, s.height, s.frames, s.fps), experts=s.experts)
+        models = TrainingModels(checkpoint, s.device, s.weights, s.gradient_checkpointing,
+                                clip_size=(s.width, s.height, s.frames, s.fps), experts=s.experts, plan=self.plan)
         lora = self._build_lora(checkpoint, models)
         if init is not None:
             try:

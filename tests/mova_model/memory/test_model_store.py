@@ -1,14 +1,28 @@
 """Memory options and module placement at the pipeline level: a streamed plan gives the same latents as
 all-resident, budgets that cannot fit say so before any work, fp8 weights load and run."""
 import dataclasses
+import threading
 
 import pytest
 import torch
 
+from comfyui_conditions import CONDITIONS, mova_threads, run_as_comfyui, run_in
+from mova_model.memory.copy_engines import ThrottledCopyEngine
 from mova_model.memory.fp8 import FP8_COMPONENTS
 from mova_model.memory.model_store import MemoryOptions
 from mova_model.network.ops import FP8_DTYPE, CastLinear
 from mova_model.sampling.pipeline import InputError, MovaPipeline
+
+
+class _Unreadable:
+    """A layout whose bytes cannot be read (the copy fails on the engine's worker thread)."""
+
+    def __init__(self, layout) -> None:
+        self.tag, self.nbytes = layout.tag, layout.nbytes
+
+    @property
+    def sources(self):
+        raise OSError("simulated copy failure")
 
 
 def _streamed(plan, every: int = 2):
@@ -17,15 +31,44 @@ def _streamed(plan, every: int = 2):
     return dataclasses.replace(plan, mode="streamed", fits=True, modules=modules, prefetch_depth=1)
 
 
-def test_streamed_plan_gives_identical_latents(tiny_pipe, tiny_cond):
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_streamed_plan_gives_identical_latents(tiny_pipe, tiny_cond, condition):
     resident = tiny_pipe.sample(tiny_cond, seed=3, steps=3)
     plan = tiny_pipe.memory_plan(tiny_cond.width, tiny_cond.height, tiny_cond.num_frames, tiny_cond.video_fps,
                                  cfg_passes=2, steps=3, vram_bytes=64e9)
     assert plan.mode == "all-resident" and plan.fits
     streamed_plan = _streamed(plan)
-    streamed = tiny_pipe.sample(tiny_cond, seed=3, steps=3, plan=streamed_plan)
+    streamed = run_in(condition, tiny_pipe.sample, tiny_cond, seed=3, steps=3, plan=streamed_plan)
     assert tiny_pipe.last_plan is streamed_plan
     assert torch.equal(resident.video, streamed.video) and torch.equal(resident.audio, streamed.audio)
+    assert not mova_threads()
+
+
+@pytest.mark.parametrize("fails", ["resident copy", "streamed copy"])
+def test_failed_streamed_runs_end_their_copy_threads(tiny_pipe, tiny_cond, monkeypatch, fails):
+    """Issue 17 item 5: every failed streamed run left its copy worker thread behind (14 -> 20 threads after 5
+    failures in the server). A copy that fails while the streamer starts (resident modules) or mid-run (a
+    streamed block) must end the run's worker; the pipeline samples again afterwards."""
+    plan = _streamed(tiny_pipe.memory_plan(tiny_cond.width, tiny_cond.height, tiny_cond.num_frames,
+                                           tiny_cond.video_fps, cfg_passes=2, steps=1, vram_bytes=64e9))
+    reference = tiny_pipe.sample(tiny_cond, seed=3, steps=1, plan=plan)
+    real_submit = ThrottledCopyEngine.submit
+
+    def broken(self, layout, slot, slot_id):
+        if (fails == "resident copy") == (slot_id < 0):  # resident modules are copied by `onload` (slot -1)
+            layout = _Unreadable(layout)
+        return real_submit(self, layout, slot, slot_id)
+
+    threads_before = threading.active_count()
+    monkeypatch.setattr(ThrottledCopyEngine, "submit", broken)
+    for _ in range(5):
+        with pytest.raises(RuntimeError, match="streamed copy failed") as failure:
+            run_as_comfyui(tiny_pipe.sample, tiny_cond, seed=3, steps=1, plan=plan)
+        assert "simulated copy failure" in str(failure.value.__cause__)
+    assert not mova_threads() and threading.active_count() == threads_before
+    monkeypatch.undo()
+    again = run_as_comfyui(tiny_pipe.sample, tiny_cond, seed=3, steps=1, plan=plan)
+    assert torch.equal(again.video, reference.video)
 
 
 def test_plan_is_built_on_the_cpu_from_a_budget(tiny_checkpoint_dir, tiny_cond):

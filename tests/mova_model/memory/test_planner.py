@@ -60,7 +60,7 @@ def test_never_over_budget_and_resident_when_it_fits(variant, weights, vram):
     else:
         assert plan.problems and plan.mode == "cannot-fit"
     d = plan.vram_denoise
-    all_resident_need = d["embeddings+heads"] + d["activations"] + d["fp8 dequant"] + d["reserve"] + sum(
+    all_resident_need = d["embeddings+heads"] + d["activations"] + d["fp8 dequant"] + d["latents + prompts"] + d["reserve"] + sum(
         m.nbytes for m in plan.modules)
     if all_resident_need <= budget:
         assert plan.mode == "all-resident" and all(m.resident for m in plan.modules)
@@ -144,3 +144,26 @@ def test_cli(capsys):
     assert "fits: yes" in out and "prefetch depth" in out
     assert plan_cli(["--vram", "6", "--ram", "32", "--variant", "720p"]) == 1
     assert plan_cli(["--vram", "12", "--ram", "32", "--frames", "100"]) == 2
+
+
+@pytest.mark.parametrize("checkpoint", ["released", "tiny"])
+def test_a_plan_that_fits_fits_every_phase(checkpoint, tiny_checkpoint_dir):
+    """Issue 17 item 10: a plan at a 1.40 GB budget said `fits: yes` while its own table listed `audio decode
+    1.57 GB`. Every phase of a plan that fits is within the budget; one that does not names a problem."""
+    arch = (Architecture.released() if checkpoint == "released"
+            else Architecture.from_configs(MovaConfigs.from_folder(tiny_checkpoint_dir)))
+    clips = [(640, 352, 193), (1280, 720, 121)] if checkpoint == "released" else [(64, 64, 9), (256, 256, 33)]
+    budgets = [0.25 * k for k in range(1, 12)] + [4, 8, 12, 16, 24, 32, 48, 64, 80]
+    checked = 0
+    for width, height, frames in clips:
+        for gb in budgets:
+            for weights in ("bf16", "fp8"):
+                plan = plan_memory(PlanInputs(vram_bytes=gb * GB, ram_bytes=64 * GB, width=width, height=height,
+                                              frames=frames, weights=weights), arch, log=False)
+                if plan.fits:
+                    over = {k: v / GB for k, v in plan.vram_phases.items() if v > gb * GB}
+                    assert not over, (gb, over, plan.format())
+                    checked += 1
+                else:
+                    assert plan.problems
+    assert checked > 10

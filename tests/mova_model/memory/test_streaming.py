@@ -1,4 +1,9 @@
-"""Block streaming: streamed == resident bit for bit, prefetch logic, counting, release."""
+"""Block streaming: streamed == resident bit for bit, prefetch logic, counting, release.
+
+Equality tests run both as plain calls and as ComfyUI calls nodes (a worker thread inside
+`torch.inference_mode()`, `comfyui_conditions`): the copies run on the engine's own thread, where the caller's
+inference mode does not apply.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 from torch import nn
+
+from comfyui_conditions import CONDITIONS, mova_threads, run_in
 
 from mova_model.memory.streaming import (BlockLayout, BlockStreamer, MaterializationCounter, ThrottledCopyEngine,
                                          module_tags, release_on_error)
@@ -41,8 +48,9 @@ def _run(blocks, executor, x, passes: int = 2):
     return x
 
 
+@pytest.mark.parametrize("condition", CONDITIONS)
 @pytest.mark.parametrize("depth", [0, 1, 2, 5, 9])
-def test_stack_streamed_identical_and_restored(depth):
+def test_stack_streamed_identical_and_restored(depth, condition):
     blocks = _stack()
     x = torch.randn(2, 5, 16, generator=torch.Generator().manual_seed(1))
     reference = _run(blocks, lambda m, *a, **k: m(*a, **k), x)
@@ -50,9 +58,14 @@ def test_stack_streamed_identical_and_restored(depth):
     counter = MaterializationCounter()
     streamer = BlockStreamer(list(blocks), "cpu", prefetch_depth=depth, resident={blocks[1]},
                              copy_engine=ThrottledCopyEngine(), counter=counter, tags=module_tags(stack=blocks))
-    with streamer:
-        out = _run(blocks, streamer, x)
+
+    def streamed():
+        with streamer:
+            return _run(blocks, streamer, x)
+
+    out = run_in(condition, streamed)
     assert torch.equal(out, reference)
+    assert not mova_threads()  # the copy worker ended with the streamer
     # host tensors are back in place after every call and after release
     assert [p.data_ptr() for p in blocks.parameters()] == host_ptrs
     assert counter.count("stack.1") == 1  # resident: copied once
@@ -143,7 +156,8 @@ def test_throttled_engine_copies_every_byte():
 
 
 @pytest.mark.skipif(not (PARITY / "checkpoint" / "model_index.json").is_file(), reason="parity fixtures missing")
-def test_parity_denoiser_streamed_equals_resident():
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_parity_denoiser_streamed_equals_resident(condition):
     from mova_model.checkpoint.folder import MovaCheckpoint
     from mova_model.network.denoiser import BridgeScales, execution_order, joint_forward
 
@@ -158,16 +172,21 @@ def test_parity_denoiser_streamed_equals_resident():
     tags = module_tags(video_dit=video, audio_dit=audio, dual_tower_bridge=bridge)
     streamer = BlockStreamer(order, "cpu", prefetch_depth=2, resident={video.blocks[0], audio.blocks[1]},
                              copy_engine=ThrottledCopyEngine(), counter=counter, tags=tags)
-    with streamer:
-        first = joint_forward(video, audio, bridge, *args, executor=streamer)
-        second = joint_forward(video, audio, bridge, *args, executor=streamer)
+
+    def streamed():
+        with streamer:
+            return (joint_forward(video, audio, bridge, *args, executor=streamer),
+                    joint_forward(video, audio, bridge, *args, executor=streamer))
+
+    first, second = run_in(condition, streamed)
     for got in (first, second):
         assert torch.equal(got[0], reference[0]) and torch.equal(got[1], reference[1])
     assert counter.count("video_dit.blocks.0") == 1
     assert counter.count("dual_tower_bridge.audio_to_video_conditioners") >= 2 * len(bridge.audio_to_video_conditioners)
 
 
-def test_stack_streamer_with_hooks():
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_stack_streamer_with_hooks(condition):
     from mova_model.memory.streaming import outside_blocks, stack_streamer
 
     ops = Operations()
@@ -191,9 +210,14 @@ def test_stack_streamer_with_hooks():
     reference = model(x)
     assert outside_blocks(model, model.inner.layers) == [model.embed, model.inner.final]
     counter = MaterializationCounter()
-    with stack_streamer(model, model.inner.layers, "cpu", 1, ThrottledCopyEngine(), counter) as streamer:
-        streamer.attach()
-        out = model(x)
+
+    def streamed():  # the text encoder's way (`pipeline.encode_prompts`)
+        with torch.no_grad(), stack_streamer(model, model.inner.layers, "cpu", 1, ThrottledCopyEngine(),
+                                             counter) as streamer:
+            streamer.attach()
+            return model(x)
+
+    out = run_in(condition, streamed)
     assert torch.equal(out, reference)
     assert counter.count("text_encoder.inner.layers") >= 5 and counter.count("text_encoder.embed") == 1
     assert not model.inner.layers[0]._forward_pre_hooks  # detached on release

@@ -60,3 +60,44 @@ def test_shapes_scaled_mm_cannot_take_fall_back_to_the_cast_path(monkeypatch):
 def test_support_needs_cuda_capability_8_9():
     assert fp8_matmul.fp8_matmul_supported("cpu") is False
     assert fp8_matmul.MIN_CAPABILITY == (8, 9)
+
+
+def _whole_tensor_scaled_linear(x, weight, weight_scale, bias):
+    """The expression `scaled_linear` used before its activation was quantized in pieces (issue 16 item 6)."""
+    rows = x.reshape(-1, x.shape[-1])
+    amax = rows.abs().amax().float().clamp(min=1e-12)
+    x_scale = (amax / fp8_matmul._FP8_MAX).reshape(())
+    x8 = (rows.float() / x_scale).clamp(-fp8_matmul._FP8_MAX, fp8_matmul._FP8_MAX).to(fp8_matmul._FP8)
+    out = torch._scaled_mm(x8, weight.t(), scale_a=x_scale, scale_b=weight_scale.float().reshape(()), out_dtype=x.dtype)
+    return (out + bias.to(x.dtype)).reshape(*x.shape[:-1], weight.shape[0])
+
+
+def test_pieces_give_the_whole_tensor_numbers(monkeypatch):
+    layer = _layer(in_features=96, out_features=64)
+    monkeypatch.setattr(fp8_matmul, "QUANT_CHUNK_BYTES", 96 * 4 * 7)  # 7 rows per piece: the last one is short
+    for dtype in (torch.float32, torch.bfloat16):
+        x = torch.randn(3, 17, 96, generator=torch.Generator().manual_seed(4)).to(dtype)
+        before = x.clone()
+        out = fp8_matmul.scaled_linear(x, layer.weight, layer.weight_scale, layer.bias)
+        assert torch.equal(out, _whole_tensor_scaled_linear(x, layer.weight, layer.weight_scale, layer.bias))
+        assert torch.equal(x, before)  # a float32 input is never scaled in place
+
+
+def test_temporaries_are_the_e4m3_copy_and_one_piece(monkeypatch):
+    """Issue 16 item 6: `abs`, `float() / scale` and `clamp` made one bf16 and two float32 copies of the whole
+    activation (~4.8 GB for the FFN input at 360p), none of them in the memory plan. Now: the e4m3 copy (1 byte
+    per element) and one float32 piece; the planner counts both (`sizes.activation_bytes`)."""
+    from device_meter import DeviceMeter
+    from mova_model.memory.sizes import FP8_QUANT_CHUNK_BYTES
+
+    assert FP8_QUANT_CHUNK_BYTES == fp8_matmul.QUANT_CHUNK_BYTES  # the planner counts the same piece
+    piece = 256 * 1024
+    monkeypatch.setattr(fp8_matmul, "QUANT_CHUNK_BYTES", piece)
+    layer = _layer(in_features=512, out_features=64)
+    x = torch.randn(4096, 512, generator=torch.Generator().manual_seed(5)).to(torch.bfloat16)  # 4 MiB
+    with DeviceMeter() as meter:
+        out = fp8_matmul.scaled_linear(x, layer.weight, layer.weight_scale, layer.bias)
+    temporaries = meter.peak - out.numel() * out.element_size()
+    elements = x.numel()
+    assert temporaries <= elements * 1 + 2 * piece + 64 * 1024, temporaries  # e4m3 copy + one piece (+ its cast)
+    assert meter.current == out.numel() * out.element_size()

@@ -113,8 +113,10 @@ def test_each_expert_is_built_once_and_the_high_noise_one_released(fresh_pipe, t
     fresh_pipe.sample(tiny_cond, seed=1, steps=4, guidance=ONE_PASS)
     built = fresh_pipe.cache.materialized
     assert (built[HIGH_NOISE_EXPERT], built[LOW_NOISE_EXPERT], built["audio_dit"], built["dual_tower_bridge"]) == (1, 1, 1, 1)
-    assert HIGH_NOISE_EXPERT not in fresh_pipe.cache.modules
-    assert LOW_NOISE_EXPERT in fresh_pipe.cache.modules
+    # both experts are dropped by the end of the run (the next run starts with the high-noise one; keeping the
+    # low-noise one would put two experts on the device while that one is built); the rest stays built
+    assert HIGH_NOISE_EXPERT not in fresh_pipe.cache.modules and LOW_NOISE_EXPERT not in fresh_pipe.cache.modules
+    assert "audio_dit" in fresh_pipe.cache.modules and "dual_tower_bridge" in fresh_pipe.cache.modules
 
 
 def test_high_noise_expert_is_never_built_for_a_clean_held_video(fresh_pipe, tiny_cond, clip):

@@ -4,6 +4,8 @@ through the forward and the backward pass (`BlockStreamer` with the CPU copy-eng
 import pytest
 import torch
 
+from comfyui_conditions import CONDITIONS, mova_threads, run_in
+
 from mova_model.checkpoint.folder import MovaCheckpoint, build_meta_module
 from mova_model.memory.copy_engines import ThrottledCopyEngine
 from mova_model.sampling.scheduler import FlowMatchPairScheduler
@@ -52,14 +54,23 @@ def gradients(ck, clip, timesteps, **model_kwargs):
     return losses, {name: p.grad.clone() for name, p in lora.named_lora_parameters() if p.grad is not None}, lora
 
 
-def test_checkpointing_and_streaming_give_the_same_gradients(setup):
+def as_trainer(fn, *args, **kwargs):
+    """As `LoraTrainer.run` does under a host that calls it inside `torch.inference_mode()`."""
+    with torch.inference_mode(False), torch.enable_grad():
+        return fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("condition", CONDITIONS)
+def test_checkpointing_and_streaming_give_the_same_gradients(setup, condition):
     ck, clip, timesteps = setup
     base_losses, base, _ = gradients(ck, clip, timesteps, gradient_checkpointing=False)
     assert len(base) == 2 * sum(1 for _ in TrainableLora.for_modules(
         {n: build_meta_module(n, ck.config(n)) for n in COMPONENTS}, 4, 4.0, LoraTargets.parse("official")).keys())
     ckpt_losses, ckpt, _ = gradients(ck, clip, timesteps, gradient_checkpointing=True)
-    stream_losses, streamed, _ = gradients(ck, clip, timesteps, stream=True, prefetch_depth=1,
-                                           copy_engine_factory=lambda: ThrottledCopyEngine(bandwidth=None))
+    # streamed as the MOVA Train LoRA node runs it (condition "comfyui": a worker thread inside inference mode)
+    stream_losses, streamed, _ = run_in(condition, as_trainer, gradients, ck, clip, timesteps, stream=True,
+                                        prefetch_depth=1, copy_engine_factory=lambda: ThrottledCopyEngine(bandwidth=None))
+    assert not mova_threads()
     assert ckpt_losses == base_losses and stream_losses == base_losses
     worst = 0.0
     for name, grad in base.items():
