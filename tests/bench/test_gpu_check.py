@@ -48,8 +48,6 @@ def test_equality_rows_cover_every_path(ctx):
     assert all("rel L2" in rows[n].figure for n in passed)
 
 
-@pytest.mark.xfail(strict=False, reason="streamed copies under torch.inference_mode() on a worker thread fail until "
-                                        "issue 16 item 1 (branch gpumem) is merged; remove this mark then")
 def test_streamed_rows_pass_under_comfyui_conditions(ctx):
     ctx.comfy_conditions = True
     ctx.skip = ("conditioning", "resident", "fp8", "compiled", "attention", "batched", "Ulysses", "decoding")
