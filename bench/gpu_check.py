@@ -41,7 +41,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import traceback
 from dataclasses import dataclass, field
@@ -50,6 +49,8 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
+
+from bench.comfyui_thread import run_as_comfyui
 
 GB = 1e9
 SECTIONS = ("equality", "memory", "training", "host", "speed", "multigpu")
@@ -122,21 +123,7 @@ def comfy_like(fn: Callable[[], object], enabled: bool = True):
     if not enabled:
         with torch.no_grad():
             return fn()
-    out: dict = {}
-
-    def target() -> None:
-        try:
-            with torch.inference_mode():
-                out["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised on the calling thread
-            out["error"] = exc
-
-    thread = threading.Thread(target=target, name="gpu-check-node")
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out.get("value")
+    return run_as_comfyui(fn)
 
 
 def rel_l2(got, want) -> Tuple[float, float]:

@@ -11,29 +11,10 @@ from __future__ import annotations
 import threading
 from typing import Any, Callable
 
-import torch
+from bench.comfyui_thread import run_as_comfyui  # noqa: F401  (the tests import it from here)
 
 CONDITIONS = ("plain", "comfyui")
 """plain: called directly; comfyui: on a worker thread inside `torch.inference_mode()`."""
-
-
-def run_as_comfyui(fn: Callable[..., Any], *args, **kwargs) -> Any:
-    """`fn(*args, **kwargs)` on a fresh thread inside `torch.inference_mode()`; its result, or its error re-raised."""
-    outcome: dict = {}
-
-    def target() -> None:
-        try:
-            with torch.inference_mode():
-                outcome["value"] = fn(*args, **kwargs)
-        except BaseException as exc:  # re-raised in the calling thread
-            outcome["error"] = exc
-
-    thread = threading.Thread(target=target, name="comfyui-prompt-worker")
-    thread.start()
-    thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
 
 
 def run_in(condition: str, fn: Callable[..., Any], *args, **kwargs) -> Any:

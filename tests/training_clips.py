@@ -67,3 +67,29 @@ def small_settings(**overrides):
     base = dict(steps=4, rank=4, alpha=4.0, lr=1e-2, warmup_steps=0, val_items=1, **GEOMETRY)
     base.update(overrides)
     return TrainSettings(**base)
+
+
+def streaming_budget_gb(checkpoint_dir, experts: str, clip=None, rank: Optional[int] = None) -> float:
+    """A VRAM budget (GB) at which the training plan streams: halfway between the smallest budget whose plan fits
+    and the smallest that keeps every block resident. clip: (width, height, frames, fps), default `GEOMETRY`."""
+    from mova_model.checkpoint.folder import MovaCheckpoint
+    from mova_model.training.models import training_plan
+
+    checkpoint = MovaCheckpoint.open(checkpoint_dir)
+    clip = clip or (GEOMETRY["width"], GEOMETRY["height"], GEOMETRY["frames"], GEOMETRY["fps"])
+    rank = rank if rank is not None else small_settings().rank
+
+    def plan(gb):
+        return training_plan(checkpoint, gb * 1e9, clip, "as stored", experts, rank=rank)
+
+    def smallest(ok, lo=0.01, hi=64.0):
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            lo, hi = (lo, mid) if ok(mid) else (mid, hi)
+        return hi
+
+    resident = smallest(lambda gb: plan(gb).mode == "all-resident")
+    fitting = smallest(lambda gb: plan(gb).fits, hi=resident)
+    budget = (resident + fitting) / 2
+    assert plan(budget).mode == "streamed" and plan(budget).fits
+    return budget

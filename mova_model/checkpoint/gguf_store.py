@@ -105,18 +105,12 @@ class GGUFStore(SafetensorsStore):
     tensors per type; `architecture` is the file's `general.architecture` (None when absent).
     """
 
-    def __init__(self, folder: Path, component: Optional[str] = None) -> None:
-        self.folder = Path(folder)
-        self.component = component or self.folder.name
-        self.problems: List[Problem] = []
-        self.tensors: Dict[str, TensorInfo] = {}
-        self.metadata: Dict[Path, Dict[str, str]] = {}
-        self.files: List[Path] = sorted(self.folder.glob("*.gguf")) if self.folder.is_dir() else []
+    FILE_PATTERN = "*.gguf"
+
+    def _prepare(self) -> None:
         self.architecture: Optional[str] = None
         self._reader = None
         self._names: Dict[str, int] = {}
-        self._stamps = self._file_stamps()
-        self._scan()
 
     # -- scanning ------------------------------------------------------------------------------------------------
     def _scan(self) -> None:

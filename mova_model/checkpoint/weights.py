@@ -259,15 +259,22 @@ class SafetensorsStore:
     disagreements with the index. `check()` raises them as one `CheckpointError`.
     """
 
+    FILE_PATTERN = "*.safetensors"
+    """The weight files of a component folder this store reads."""
+
     def __init__(self, folder: Path, component: Optional[str] = None) -> None:
         self.folder = Path(folder)
         self.component = component or self.folder.name
         self.problems: List[Problem] = []
         self.tensors: Dict[str, TensorInfo] = {}
         self.metadata: Dict[Path, Dict[str, str]] = {}
-        self.files: List[Path] = sorted(self.folder.glob("*.safetensors")) if self.folder.is_dir() else []
+        self.files: List[Path] = sorted(self.folder.glob(self.FILE_PATTERN)) if self.folder.is_dir() else []
+        self._prepare()
         self._stamps = self._file_stamps()
         self._scan()
+
+    def _prepare(self) -> None:
+        """Subclasses set up their own state here, before the files are stamped and scanned."""
 
     def _file_stamps(self) -> Dict[str, FileStamp]:
         stamps = {}

@@ -175,8 +175,9 @@ class VideoVAE:
         module = self.module
         if chunk_latent_frames < 1:
             raise ValueError(f"chunk_latent_frames must be at least 1, got {chunk_latent_frames}")
+        # `_feat_map` exists only once `clear_cache()` has run: a freshly built module has none yet
         if getattr(module, "use_tiling", False) or getattr(module.config, "patch_size", None) is not None \
-                or not hasattr(module, "_feat_map"):
+                or not hasattr(module, "clear_cache"):
             yield self.decode(latents_normalized, autocast_dtype)
             return
         device = self.device

@@ -11,29 +11,9 @@ from mova_model.training import streaming
 from mova_model.training.models import training_plan
 from mova_model.training.trainer import LoraTrainer, TrainingError
 
-from training_clips import GEOMETRY, small_settings
+from training_clips import GEOMETRY, small_settings, streaming_budget_gb
 
 CLIP = (GEOMETRY["width"], GEOMETRY["height"], GEOMETRY["frames"], GEOMETRY["fps"])
-
-
-def streaming_budget_gb(checkpoint_dir, experts: str) -> float:
-    """Halfway between the smallest budget whose training plan fits and the smallest that keeps every block."""
-    checkpoint = MovaCheckpoint.open(checkpoint_dir)
-
-    def plan(gb):
-        return training_plan(checkpoint, gb * 1e9, CLIP, "as stored", experts, rank=small_settings().rank)
-
-    def smallest(ok, lo=0.01, hi=64.0):
-        for _ in range(40):
-            mid = (lo + hi) / 2
-            lo, hi = (lo, mid) if ok(mid) else (mid, hi)
-        return hi
-
-    resident = smallest(lambda gb: plan(gb).mode == "all-resident")
-    fitting = smallest(lambda gb: plan(gb).fits, hi=resident)
-    budget = (resident + fitting) / 2
-    assert plan(budget).mode == "streamed" and plan(budget).fits
-    return budget
 
 
 def test_a_step_that_cannot_fit_is_refused_with_the_plan_before_encoding(tiny_checkpoint_dir, clip_dataset, tmp_path):
