@@ -99,6 +99,14 @@ VAL_ITEMS = Bound(1, 1024, integer=True)
 LOSS_WEIGHT = Bound(0.0, 1000.0)
 CAPTION_DROPOUT = Bound(0.0, 0.99)
 VRAM_BUDGET_GB = Bound(0.0, 4096.0, low_open=True)
+HOST_RAM_GB = Bound(0.0, 65536.0, low_open=True)
+"""Host RAM a plan may use (`plan --ram`)."""
+BANDWIDTH_GBPS = Bound(0.0, 10_000.0, low_open=True)
+"""Host-to-device bandwidth, GB/s (`plan --pcie`)."""
+TFLOPS = Bound(0.0, 100_000.0, low_open=True)
+"""Sustained TFLOP/s a plan assumes (`plan --tflops`)."""
+PREFETCH_DEPTH = Bound(0, 64, integer=True)
+"""Blocks copied ahead of the one computing (`plan --prefetch`)."""
 LORA_STRENGTH = Bound(-10.0, 10.0)
 """A LoRA's strength (the LoRA Loader's widgets, generate --lora)."""
 

@@ -87,11 +87,7 @@ def check_destination(path: Path | str, what: str, companions: Sequence[str] = (
     its temporary file, and `companions`, the names of files written beside it), not a folder, and a folder
     (or the nearest existing parent, since missing folders are created) that accepts new files."""
     path = Path(path)
-    limit = name_max(existing_ancestor(path.parent))
-    for name in (path.name, *companions):
-        if len(name.encode("utf-8", "surrogateescape")) + reserve > limit:
-            raise CheckError(f"{what}: the file name {_short(name)} is {len(name)} characters; the file system "
-                             f"allows {limit} bytes per name (with {reserve} for the temporary file): use a shorter name")
+    _check_name_lengths(path, what, companions, reserve, "file name")
     try:
         is_folder = path.is_dir()
     except OSError as exc:
@@ -100,6 +96,27 @@ def check_destination(path: Path | str, what: str, companions: Sequence[str] = (
         raise CheckError(f"{what} {path} is a folder; give a file name")
     check_writable_folder(path.parent, what, named=path)
     return path
+
+
+def check_destination_folder(path: Path | str, what: str, companions: Sequence[str] = ()) -> Path:
+    """A folder that will be written at `path` (created, or replaced when it exists): not a file, a name the
+    file system accepts (with `companions`, the names of folders written beside it), in a folder that accepts
+    new entries."""
+    path = Path(path)
+    _check_name_lengths(path, what, companions, 0, "folder name")
+    if path.exists() and not path.is_dir():
+        raise CheckError(f"{what} {path} is a file; give a folder")
+    check_writable_folder(path.parent, what, named=path)
+    return path
+
+
+def _check_name_lengths(path: Path, what: str, companions: Sequence[str], reserve: int, noun: str) -> None:
+    limit = name_max(existing_ancestor(path.parent))
+    for name in (path.name, *companions):
+        if len(name.encode("utf-8", "surrogateescape")) + reserve > limit:
+            kind = f" (with {reserve} for the temporary file)" if reserve else ""
+            raise CheckError(f"{what}: the {noun} {_short(name)} is {len(name)} characters; the file system "
+                             f"allows {limit} bytes per name{kind}: use a shorter name")
 
 
 def existing_files(paths: Iterable[Path | str]) -> list:

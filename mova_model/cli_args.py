@@ -14,3 +14,9 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
+
+
+def refuse(message: str) -> int:
+    """Write `error: <message>` to stderr; -> 2, the exit status of a refused command."""
+    sys.stderr.write(f"error: {message}\n")
+    return 2

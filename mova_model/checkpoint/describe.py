@@ -20,12 +20,12 @@ Parameter counts follow, per component and in total:
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from ..cli_args import CliParser, refuse
 from .folder import (WEIGHT_COMPONENTS, ComponentLayout, MovaCheckpoint, component_layout,
                          preflight_problems)
 from .configs import ConfigError, MovaConfigs
@@ -99,14 +99,22 @@ def describe(folder: Path | str, check: bool = False) -> Tuple[List[str], List[P
 
 
 def main_describe(argv: Optional[Sequence[str]] = None) -> int:
-    """CLI entry: print the description to stdout and problems to stderr; exit 1 if any problem."""
-    parser = argparse.ArgumentParser(prog="python -m mova_model describe",
-                                     description="List every tensor of a MOVA checkpoint from its configs.")
+    """CLI entry: print the description to stdout and problems to stderr; exit 1 if any problem, 2 (one `error:`
+    line) when the argument is not a folder."""
+    parser = CliParser(prog="python -m mova_model describe",
+                       description="List every tensor of a MOVA checkpoint from its configs.")
     parser.add_argument("folder", type=Path, help="checkpoint folder (or a folder with only the config files)")
     parser.add_argument("--check", action="store_true",
                         help="also read the safetensors headers (no weights) and list every problem")
     parser.add_argument("--summary", action="store_true", help="print only the parameter counts")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
+        return int(exc.code or 0)
+    if not args.folder.is_dir():
+        what = "a file" if args.folder.exists() else "nothing there"
+        return refuse(f"{args.folder} is not a folder ({what}); give a MOVA checkpoint folder (the one holding "
+                      "model_index.json)")
     lines, problems = describe(args.folder, check=args.check)
     out = [line for line in lines if line.startswith("#")] if args.summary else lines
     sys.stdout.write("".join(line + "\n" for line in out))

@@ -10,7 +10,6 @@ The weights are random: the output is noise-like video and audio, not a meaningf
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import string
@@ -22,6 +21,9 @@ from typing import Dict, List, Optional
 import torch
 from safetensors.torch import save_file
 
+from ..bounds import SEED
+from ..checks import CheckError, check_writable_folder
+from ..cli_args import CliParser, refuse
 from .folder import build_meta_module
 from .configs import (AudioDiTConfig, AudioVAEConfig, BridgeConfig, SchedulerConfig, TextEncoderConfig,
                       VideoDiTConfig, VideoVAEConfig)
@@ -189,14 +191,24 @@ def write_tiny_checkpoint(dest: Path | str, seed: int = 0, spec: Optional[TinySp
 
 
 def tiny_checkpoint_cli(argv: List[str]) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mova_model tiny-checkpoint", description=__doc__.splitlines()[0])
+    parser = CliParser(prog="python -m mova_model tiny-checkpoint", description=__doc__.splitlines()[0])
     parser.add_argument("dest", type=Path, help="folder to write (created)")
     parser.add_argument("--seed", type=int, default=0, help="random seed of the weights")
     parser.add_argument("--six-heads", action="store_true",
                         help="6 heads in every attention (video 48, audio 48 wide, bridge heads of 8), so sequence "
                              "parallelism (Ulysses 2 and 3) can split them")
-    args = parser.parse_args(argv)
-    spec = TinySpec(video_heads=6, audio_dim=48, audio_heads=6, bridge_head_dim=8) if args.six_heads else None
-    path = write_tiny_checkpoint(args.dest, seed=args.seed, spec=spec)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
+        return int(exc.code or 0)
+    try:
+        SEED.check("--seed", args.seed)
+        if args.dest.exists() and not args.dest.is_dir():
+            raise CheckError(f"{args.dest} is a file; give a folder to write the checkpoint in")
+        check_writable_folder(args.dest, "tiny-checkpoint")
+        spec = TinySpec(video_heads=6, audio_dim=48, audio_heads=6, bridge_head_dim=8) if args.six_heads else None
+        path = write_tiny_checkpoint(args.dest, seed=args.seed, spec=spec)
+    except (ValueError, OSError) as exc:
+        return refuse(str(exc))
     sys.stdout.write(f"{path}\n")
     return 0

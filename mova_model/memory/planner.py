@@ -17,7 +17,6 @@ estimates (constants in `sizes`, stated with their derivation); `bench/gpu_strea
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
 import sys
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from .. import bounds
+from ..cli_args import CliParser, refuse
 from .sizes import (DEFAULT_TFLOPS, GB, GGUF_VECTOR_BYTES, HOST_COPY_GBPS, RUNTIME_HOST_BYTES, Architecture,
                     ModulePlan, PlanInputs, activation_bytes, audio_decode_bytes, execution_modules, host_vae_bytes,
                     latent_bytes, margin_bytes, text_encoder_activation_bytes, vae_bytes)
@@ -479,12 +480,44 @@ def available_ram_bytes() -> float:
 VARIANT_SIZES = {"360p": (640, 352), "720p": (1280, 720)}
 
 
+def checked_plan_arguments(args, default_size: Tuple[int, int]) -> Tuple[int, int]:
+    """The numbers `plan` and `plan --train` are given, each within its bound (`mova_model.bounds`); -> (width,
+    height) from `args.size` ("WxH") or `default_size`. Raises `ValueError` with one sentence."""
+    width, height = default_size
+    if args.size:
+        try:
+            width, height = (int(v) for v in args.size.lower().split("x"))
+        except ValueError:
+            raise ValueError(f"--size must look like 640x352, got {args.size!r}") from None
+    bounds.WIDTH.check("width", width)
+    bounds.HEIGHT.check("height", height)
+    bounds.FRAMES.check("--frames", args.frames)
+    bounds.FPS.check("--fps", args.fps)
+    bounds.VRAM_BUDGET_GB.check("--vram (GB)", args.vram)
+    bounds.HOST_RAM_GB.check("--ram (GB)", args.ram)
+    bounds.BANDWIDTH_GBPS.check("--pcie (GB/s)", args.pcie)
+    bounds.TFLOPS.check("--tflops", args.tflops)
+    if args.prefetch is not None:
+        bounds.PREFETCH_DEPTH.check("--prefetch", args.prefetch)
+    return width, height
+
+
+def checkpoint_architecture(folder: Path) -> Architecture:
+    """The architecture from the configs of checkpoint `folder` (`--checkpoint`); `ValueError` naming the folder
+    when it is not a MOVA checkpoint."""
+    from ..checkpoint.configs import MovaConfigs
+
+    if not Path(folder).is_dir():
+        raise ValueError(f"--checkpoint {folder}: not a folder (a MOVA checkpoint is a folder with model_index.json)")
+    return Architecture.from_configs(MovaConfigs.from_folder(folder))
+
+
 def plan_cli(argv: Optional[Sequence[str]] = None) -> int:
     """`plan --vram GB --ram GB --variant 360p|720p --size WxH --frames N [--fp8 | --weights gguf:Q4_K]`: the plan.
 
     Exit status 0 when the plan fits, 1 when it does not, 2 on bad arguments.
     """
-    parser = argparse.ArgumentParser(prog="python -m mova_model plan", description=plan_cli.__doc__)
+    parser = CliParser(prog="python -m mova_model plan", description=plan_cli.__doc__)
     parser.add_argument("--vram", type=float, required=True, help="VRAM available, GB")
     parser.add_argument("--ram", type=float, required=True, help="host RAM budget, GB")
     parser.add_argument("--variant", choices=sorted(VARIANT_SIZES), default="360p")
@@ -496,7 +529,8 @@ def plan_cli(argv: Optional[Sequence[str]] = None) -> int:
                         help="weight storage: bf16, fp8 or gguf:TYPE (gguf:Q4_K, gguf:Q5_K, gguf:Q8_0, ...); with "
                              "--checkpoint holding GGUF files, their measured sizes are used")
     parser.add_argument("--prequantized", action="store_true", help="the checkpoint folder is already fp8")
-    parser.add_argument("--cfg-passes", type=int, default=2)
+    parser.add_argument("--cfg-passes", type=int, choices=(1, 2, 3), default=2,
+                        help="denoiser passes per step: 1 without guidance, 2 for CFG, 3 for dual CFG")
     parser.add_argument("--prefetch", type=int, default=None, help="prefetch depth (default: planner's choice)")
     parser.add_argument("--pcie", type=float, default=25.0, help="host->device bandwidth, GB/s")
     parser.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS, help="sustained bf16 TFLOP/s")
@@ -504,40 +538,33 @@ def plan_cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="read the architecture from this checkpoint's configs")
     try:
         args = parser.parse_args(list(argv or []))
-    except SystemExit as exc:
+    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
         return int(exc.code or 0)
-    width, height = VARIANT_SIZES[args.variant]
-    if args.size:
-        try:
-            width, height = (int(v) for v in args.size.lower().split("x"))
-        except ValueError:
-            sys.stderr.write(f"--size must look like 640x352, got {args.size!r}\n")
-            return 2
-    arch = None
-    weights = "fp8" if args.fp8 or args.prequantized else "bf16"
-    stored = "fp8" if args.prequantized else "bf16"
-    measured: dict = {}
-    if args.weights:
-        weights = args.weights if args.weights.startswith("gguf:") else args.weights.lower()
-        weights = "gguf:" + weights[5:].upper() if weights.startswith("gguf:") else weights
-        stored = "gguf" if weights.startswith("gguf:") else ("fp8" if weights == "fp8" and args.prequantized else "bf16")
-    if args.checkpoint is not None:
-        from ..checkpoint.configs import MovaConfigs
-        from .stored_sizes import stored_weights
-        arch = Architecture.from_configs(MovaConfigs.from_folder(args.checkpoint))
-        found = stored_weights(args.checkpoint)
-        if found.stored == "gguf":
-            weights, stored = found.weights, found.stored
-            measured = {"bytes_per_param": found.bytes_per_param, "stem_bytes": found.stem_bytes}
-    inputs = PlanInputs(vram_bytes=args.vram * GB, ram_bytes=args.ram * GB, width=width, height=height,
-                        frames=args.frames, fps=args.fps, cfg_passes=args.cfg_passes,
-                        weights=weights, stored=stored,
-                        mode="resident" if args.resident else "budget", prefetch_depth=args.prefetch,
-                        pcie_gbps=args.pcie, tflops=args.tflops, variant=args.variant, **measured)
     try:
+        width, height = checked_plan_arguments(args, VARIANT_SIZES[args.variant])
+        arch = None
+        weights = "fp8" if args.fp8 or args.prequantized else "bf16"
+        stored = "fp8" if args.prequantized else "bf16"
+        measured: dict = {}
+        if args.weights:
+            weights = args.weights if args.weights.startswith("gguf:") else args.weights.lower()
+            weights = "gguf:" + weights[5:].upper() if weights.startswith("gguf:") else weights
+            stored = "gguf" if weights.startswith("gguf:") else ("fp8" if weights == "fp8" and args.prequantized
+                                                                 else "bf16")
+        if args.checkpoint is not None:
+            from .stored_sizes import stored_weights
+            arch = checkpoint_architecture(args.checkpoint)
+            found = stored_weights(args.checkpoint)
+            if found.stored == "gguf":
+                weights, stored = found.weights, found.stored
+                measured = {"bytes_per_param": found.bytes_per_param, "stem_bytes": found.stem_bytes}
+        inputs = PlanInputs(vram_bytes=args.vram * GB, ram_bytes=args.ram * GB, width=width, height=height,
+                            frames=args.frames, fps=args.fps, cfg_passes=args.cfg_passes,
+                            weights=weights, stored=stored,
+                            mode="resident" if args.resident else "budget", prefetch_depth=args.prefetch,
+                            pcie_gbps=args.pcie, tflops=args.tflops, variant=args.variant, **measured)
         plan = plan_memory(inputs, arch)
-    except ValueError as exc:
-        sys.stderr.write(f"plan: {exc}\n")
-        return 2
+    except (ValueError, OSError) as exc:
+        return refuse(str(exc))
     sys.stdout.write(plan.format() + "\n")
     return 0 if plan.fits else 1

@@ -17,7 +17,6 @@ type (the community's keep-high-precision tensors stay as stored), everything el
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import os
@@ -30,6 +29,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from ..checks import check_destination_folder
+from ..cli_args import CliParser, refuse
 from .fp8 import FP8_COMPONENTS, SCALE_SUFFIX, is_fp8_candidate, quantize_tensor
 from ..network.ops import FP8_DTYPE
 
@@ -224,13 +225,19 @@ def quantize_checkpoint(src: Path, dst: Path, components: Sequence[str] = FP8_CO
         if gguf_type not in WRITABLE_TYPES:
             raise ValueError(f"--type {gguf_type} cannot be written here; choose one of {', '.join(WRITABLE_TYPES)} "
                              "(K-quants such as Q4_K are made with llama.cpp's quantizer: see the README's GGUF section)")
+    if not src.is_dir():
+        raise ValueError(f"{src} is not a folder (a MOVA checkpoint is a folder with model_index.json)")
     MovaConfigs.from_folder(src)  # a MOVA folder with readable configs, or a ConfigError naming the problem
+    unknown = [c for c in components if not (src / c).is_dir()]
+    if unknown:
+        found = sorted(entry.name for entry in src.iterdir() if entry.is_dir())
+        raise ValueError(f"--components {' '.join(unknown)}: no such component folder in {src} "
+                         f"(it has {', '.join(found)})")
     if src.resolve() == dst.resolve():
         raise ValueError("DST must differ from SRC")
-    if dst.exists():
-        if not overwrite:
-            raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
-        shutil.rmtree(dst)
+    check_destination_folder(dst, "DST", companions=(dst.name + ".partial", dst.name + ".replaced"))
+    if dst.exists() and not overwrite:
+        raise FileExistsError(f"{dst} exists (pass --overwrite to replace it)")
     partial = dst.with_name(dst.name + ".partial")
     if partial.exists():
         shutil.rmtree(partial)
@@ -256,7 +263,7 @@ def quantize_checkpoint(src: Path, dst: Path, components: Sequence[str] = FP8_CO
                 shutil.copytree(entry, target, copy_function=_link_or_copy)
             else:
                 shutil.copy2(entry, target)
-        partial.rename(dst)
+        _replace_folder(partial, dst)
     except BaseException:
         shutil.rmtree(partial, ignore_errors=True)
         raise
@@ -265,11 +272,25 @@ def quantize_checkpoint(src: Path, dst: Path, components: Sequence[str] = FP8_CO
     return report
 
 
+def _replace_folder(new: Path, dst: Path) -> None:
+    """Rename the complete folder `new` to `dst`; an existing `dst` (an `--overwrite`) is removed only after
+    the new copy is complete, so a failed run leaves the old one in place."""
+    if not dst.exists():
+        new.rename(dst)
+        return
+    old = dst.with_name(dst.name + ".replaced")
+    if old.exists():
+        shutil.rmtree(old)
+    dst.rename(old)
+    new.rename(dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
 def quantize_cli(argv: Optional[Sequence[str]] = None) -> int:
-    """`quantize SRC DST [--components ...] [--overwrite]`. Exit 0 on success, 1 on a refused input."""
-    parser = argparse.ArgumentParser(prog="python -m mova_model quantize",
-                                     description="Write an fp8 (e4m3fn, per-tensor scale) or GGUF copy of a MOVA "
-                                                 "checkpoint folder.")
+    """`quantize SRC DST [--components ...] [--overwrite]`. Exit 0 on success; a refused input is one `error:`
+    line and exit 2, before anything is written."""
+    parser = CliParser(prog="python -m mova_model quantize",
+                       description="Write an fp8 (e4m3fn, per-tensor scale) or GGUF copy of a MOVA checkpoint folder.")
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     parser.add_argument("--components", nargs="+", default=list(FP8_COMPONENTS),
@@ -281,14 +302,13 @@ def quantize_cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--overwrite", action="store_true")
     try:
         args = parser.parse_args(list(argv or []))
-    except SystemExit as exc:
+    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
         return int(exc.code or 0)
     try:
         report = quantize_checkpoint(args.src, args.dst, args.components, args.overwrite, args.format_name,
                                      args.gguf_type.upper(), progress=True)
-    except (ValueError, FileExistsError, OSError) as exc:
-        sys.stderr.write(f"quantize: {exc}\n")
-        return 1
+    except (ValueError, OSError) as exc:
+        return refuse(str(exc))
     sys.stdout.write(report.format() + "\n")
     return 0
 

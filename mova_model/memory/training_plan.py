@@ -11,14 +11,15 @@ Estimates, not measurements: see README "What was not verified".
 
 from __future__ import annotations
 
-import argparse
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from .sizes import GB, Architecture, PlanInputs, activation_bytes, execution_modules, margin_bytes
-from .planner import DEFAULT_TFLOPS, _stem_bytes
+from .. import bounds
+from ..cli_args import CliParser, refuse
+from .planner import DEFAULT_TFLOPS, _stem_bytes, checked_plan_arguments, checkpoint_architecture
 
 OFFICIAL_LOW_RESOURCE = "official low-resource trainer: ~18 GB VRAM + ~80 GB host RAM, ~600 s/step (RTX 4090, 360p)"
 HOST_OVERHEAD = 3.0 * GB  # Python, torch, CUDA context on the host
@@ -177,7 +178,7 @@ def plan_training(inputs: PlanInputs, arch: Optional[Architecture] = None, rank:
 
 def plan_train_cli(argv: Optional[Sequence[str]] = None) -> int:
     """`plan --train --vram GB --ram GB [--size WxH --frames N --rank R --experts high|low|both --fp8]`."""
-    parser = argparse.ArgumentParser(prog="python -m mova_model plan --train", description=plan_train_cli.__doc__)
+    parser = CliParser(prog="python -m mova_model plan --train", description=plan_train_cli.__doc__)
     parser.add_argument("--vram", type=float, required=True)
     parser.add_argument("--ram", type=float, required=True)
     parser.add_argument("--size", default="640x352")
@@ -194,25 +195,19 @@ def plan_train_cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--checkpoint", type=Path)
     try:
         args = parser.parse_args(list(argv or []))
-        width, height = (int(v) for v in args.size.lower().split("x"))
-    except SystemExit as exc:
+    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
         return int(exc.code or 0)
-    except ValueError:
-        sys.stderr.write(f"--size must look like 640x352, got {args.size!r}\n")
-        return 2
-    arch = None
-    if args.checkpoint is not None:
-        from ..checkpoint.configs import MovaConfigs
-        arch = Architecture.from_configs(MovaConfigs.from_folder(args.checkpoint))
-    inputs = PlanInputs(vram_bytes=args.vram * GB, ram_bytes=args.ram * GB, width=width, height=height,
-                        frames=args.frames, fps=args.fps, cfg_passes=1,
-                        weights="fp8" if args.fp8 or args.prequantized else "bf16",
-                        stored="fp8" if args.prequantized else "bf16", mode="budget", pcie_gbps=args.pcie,
-                        tflops=args.tflops)
     try:
+        width, height = checked_plan_arguments(args, (640, 352))
+        bounds.RANK.check("--rank", args.rank)
+        arch = None if args.checkpoint is None else checkpoint_architecture(args.checkpoint)
+        inputs = PlanInputs(vram_bytes=args.vram * GB, ram_bytes=args.ram * GB, width=width, height=height,
+                            frames=args.frames, fps=args.fps, cfg_passes=1,
+                            weights="fp8" if args.fp8 or args.prequantized else "bf16",
+                            stored="fp8" if args.prequantized else "bf16", mode="budget", pcie_gbps=args.pcie,
+                            tflops=args.tflops)
         plan = plan_training(inputs, arch, args.rank, args.experts, args.targets, args.prefetch)
-    except ValueError as exc:
-        sys.stderr.write(f"plan --train: {exc}\n")
-        return 2
+    except (ValueError, OSError) as exc:
+        return refuse(str(exc))
     sys.stdout.write(plan.format() + "\n")
     return 0 if plan.fits else 1

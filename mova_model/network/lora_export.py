@@ -15,7 +15,6 @@ records where it came from (`mova_converted_from`). Files are written atomically
 
 from __future__ import annotations
 
-import argparse
 import logging
 import sys
 from pathlib import Path
@@ -25,6 +24,8 @@ import torch
 from safetensors.torch import save_file
 
 from ..atomic_write import atomic_write
+from ..checks import check_destination, existing_files
+from ..cli_args import CliParser
 from .lora import EXPERTS, OFFICIAL_FORMAT, LoraError, LoraWeights, load_lora, official_tensors
 from .lora_formats import most_common_rank
 
@@ -160,10 +161,17 @@ def _modules_for(checkpoint: Optional[str]):
     return released
 
 
+def _convert_outputs(weights: LoraWeights, out: Path, to: str) -> List[Path]:
+    """The files `lora-convert ... --to <to>` writes for `weights` (checked for existing files first)."""
+    if to == "official" or weights.format != OFFICIAL_FORMAT:
+        return [out]
+    return list(expert_paths(out, [c for c in EXPERT_SUFFIX if c in weights.components()] or ["video_dit"]).values())
+
+
 def lora_convert_cli(argv: Optional[Sequence[str]] = None) -> int:
     """`lora-convert IN OUT --to comfy|official`: prints the written path(s), one per line; exit 2 on bad input."""
-    p = argparse.ArgumentParser(prog="python -m mova_model lora-convert",
-                                description="Convert a LoRA between the official MOVA format and ComfyUI's native Wan naming.")
+    p = CliParser(prog="python -m mova_model lora-convert",
+                  description="Convert a LoRA between the official MOVA format and ComfyUI's native Wan naming.")
     p.add_argument("input", help="a LoRA in any supported format (.safetensors, or the official lora_weights.pt folder)")
     p.add_argument("output", help="the .safetensors to write (two video experts: <stem>_high_noise / _low_noise)")
     p.add_argument("--to", required=True, choices=("comfy", "official"))
@@ -173,13 +181,22 @@ def lora_convert_cli(argv: Optional[Sequence[str]] = None) -> int:
                    help="MOVA checkpoint folder to check names and shapes against (default: the released MOVA layout)")
     p.add_argument("--video-only", action="store_true", help="--to comfy: leave out audio DiT and bridge parts")
     p.add_argument("--allow-partial", action="store_true", help="keep the keys that match, list the rest")
-    args = p.parse_args(list(argv or []))
+    p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
+    try:
+        args = p.parse_args(list(argv or []))
+    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
+        return int(exc.code or 0)
     out = Path(args.output)
     try:
         if out.suffix != ".safetensors":
             raise LoraError(f"output must end in .safetensors, got {str(out)!r}")
+        check_destination(out, "output", companions=[out.stem + s + out.suffix for s in EXPERT_SUFFIX.values()])
         weights = load_lora(args.input, modules=_modules_for(args.checkpoint), expert=args.expert,
                             allow_partial=args.allow_partial)
+        existing = [] if args.overwrite else existing_files(_convert_outputs(weights, out, args.to))
+        if existing:
+            raise LoraError(f"{', '.join(map(str, existing))} already exists; pass --overwrite to replace it, or "
+                            "give another output name")
         for key, reason in weights.skipped:
             sys.stderr.write(f"skipped {key}: {reason}\n")
         if args.to == "official":

@@ -1,5 +1,7 @@
 """Every CLI with a table of bad arguments (issue 17, items 6 and 12): one `error:` line, exit status 2, no file
-created or changed, and refused before anything is loaded (each case well under a second in-process).
+created or changed, and refused before anything is loaded (each case well under a second in-process). The
+commands: generate, train, and the tools describe, plan (and plan --train), quantize, tiny-checkpoint and
+lora-convert.
 
 The table runs in-process through `python -m mova_model`'s `main()` (a subprocess per case would cost ~3 s
 of imports each); a few cases also run as real subprocesses, where stderr must be that one line.
@@ -114,6 +116,50 @@ TRAIN_BAD = [
 ]
 
 
+# The tools: (command, arguments, what the error line says). `{tiny}`: the tiny checkpoint folder.
+PLAN = ["--vram", "12", "--ram", "32"]
+TOOLS_BAD = [
+    ("describe", ["{tmp}/nowhere"], "is not a folder (nothing there)"),
+    ("describe", ["{tmp}/existing.safetensors"], "is not a folder (a file)"),
+    ("describe", ["{tiny}", "--bogus"], "unrecognized arguments"),
+    ("plan", ["--vram", "nan", "--ram", "32"], "--vram (GB) must be more than 0"),
+    ("plan", ["--vram", "inf", "--ram", "32"], "--vram (GB) must be"),
+    ("plan", ["--vram", "12", "--ram", "0"], "--ram (GB) must be more than 0"),
+    ("plan", ["--vram", "12"], "required"),
+    ("plan", [*PLAN, "--frames", "100001"], "--frames must be at least 1 and at most 1025"),
+    ("plan", [*PLAN, "--frames", "100"], "4k+1"),
+    ("plan", [*PLAN, "--size", "640x"], "--size must look like"),
+    ("plan", [*PLAN, "--size", "8192x352"], "width must be at least 16 and at most 4096"),
+    ("plan", [*PLAN, "--fps", "inf"], "--fps must be"),
+    ("plan", [*PLAN, "--pcie", "nan"], "--pcie"),
+    ("plan", [*PLAN, "--prefetch", "-1"], "--prefetch must be"),
+    ("plan", [*PLAN, "--cfg-passes", "4"], "invalid choice"),
+    ("plan", [*PLAN, "--weights", "gguf:IQ2_XS"], "the GGUF type must be one of"),
+    ("plan", [*PLAN, "--checkpoint", "{tmp}/nowhere"], "--checkpoint {tmp}/nowhere: not a folder"),
+    ("plan", ["--train", *PLAN, "--rank", "0"], "--rank must be at least 1"),
+    ("plan", ["--train", "--vram", "nan", "--ram", "32"], "--vram (GB) must be"),
+    ("plan", ["--train", *PLAN, "--frames", "100001"], "at most 1025"),
+    ("plan", ["--train", *PLAN, "--experts", "middle"], "invalid choice"),
+    ("plan", ["--train", *PLAN, "--checkpoint", "{tmp}/existing.safetensors"], "not a folder"),
+    ("quantize", ["{tmp}/nowhere", "{tmp}/q"], "is not a folder"),
+    ("quantize", ["{tiny}", "{tiny}"], "DST must differ from SRC"),
+    ("quantize", ["{tiny}", "/proc/q"], "cannot write in /proc"),
+    ("quantize", ["{tiny}", "{readonly}/q"], "cannot write in"),
+    ("quantize", ["{tiny}", "{tmp}/existing.safetensors", "--overwrite"], "is a file"),
+    ("quantize", ["{tiny}", "{tmp}/folder.mp4"], "exists (pass --overwrite to replace it)"),
+    ("quantize", ["{tiny}", "{tmp}/" + LONG_NAME], "folder name"),
+    ("quantize", ["{tiny}", "{tmp}/q", "--components", "banana"], "--components banana: no such component folder"),
+    ("quantize", ["{tiny}", "{tmp}/q", "--format", "gguf", "--type", "Q4_K"], "llama.cpp"),
+    ("quantize", ["{tiny}", "{tmp}/q", "--format", "banana"], "invalid choice"),
+    ("tiny-checkpoint", ["/proc/tiny"], "cannot write in /proc"),
+    ("tiny-checkpoint", ["{tmp}/existing.safetensors"], "is a file"),
+    ("tiny-checkpoint", ["{tmp}/tiny", "--seed", "-1"], "--seed must be at least 0"),
+    ("lora-convert", ["{tmp}/missing.safetensors", "{tmp}/o.safetensors", "--to", "comfy"], "file not found"),
+    ("lora-convert", ["{tmp}/existing.safetensors", "{tmp}/o.safetensors", "--to", "comfy"],
+     "not a readable safetensors file"),
+    ("lora-convert", ["{tmp}/existing.safetensors", "{tmp}/o.safetensors", "--to", "banana"], "invalid choice"),
+]
+
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
     folder = tmp_path_factory.mktemp("sweep_data")
@@ -204,16 +250,28 @@ def test_train_refuses_bad_arguments_with_one_error_line(extra, message, place, 
     assert seconds < 5.0, f"refused after {seconds:.1f} s: too late (before any loading, it takes milliseconds)"
 
 
+@pytest.mark.parametrize("command, argv, message", TOOLS_BAD)
+def test_tools_refuse_bad_arguments_with_one_error_line(command, argv, message, place, tmp_path, tiny_checkpoint_dir,
+                                                        capsys):
+    fill = lambda text: place(text).replace("{tiny}", str(tiny_checkpoint_dir))  # noqa: E731
+    line, seconds = run_case(capsys, command, [fill(x) for x in argv], [tmp_path, tiny_checkpoint_dir])
+    assert fill(message) in line, line
+    assert seconds < 5.0, f"refused after {seconds:.1f} s: too late (before any work, it takes milliseconds)"
+
 @pytest.mark.parametrize("command, extra, message", [
     ("generate", ["--fps", "inf"], "fps must be a finite number"),
     ("train", ["--device", "banana"], "not a torch device"),
     ("train", ["--out", "{tmp}/existing.safetensors"], "already exists"),
+    ("plan", ["--vram", "nan", "--ram", "32"], "--vram (GB) must be"),
+    ("quantize", ["{tiny}", "/proc/q"], "cannot write in /proc"),
 ])
 def test_as_a_subprocess_stderr_is_exactly_the_error_line(command, extra, message, place, tmp_path, dataset,
                                                           tiny_checkpoint_dir, repo_root):
     if command == "generate":
         argv = with_overrides([str(tiny_checkpoint_dir), *GENERATE, "--out", str(tmp_path / "out" / "c.mp4")],
                               [place(x) for x in extra])
+    elif command != "train":  # a tool: its whole argument list
+        argv = [place(x).replace("{tiny}", str(tiny_checkpoint_dir)) for x in extra]
     else:
         argv = with_overrides([str(tiny_checkpoint_dir), str(dataset), *TRAIN, "--out", str(tmp_path / "l.safetensors")],
                               [place(x) for x in extra])

@@ -92,7 +92,7 @@ def test_prequantized_folder_loads_and_checks(tmp_path):
     dst = tmp_path / "fp8"
     assert quantize_cli([str(PARITY / "checkpoint"), str(dst)]) == 0
     assert stored_format(dst) == "fp8" and stored_format(PARITY / "checkpoint") == "bf16"
-    assert quantize_cli([str(PARITY / "checkpoint"), str(dst)]) == 1  # refuses to overwrite
+    assert quantize_cli([str(PARITY / "checkpoint"), str(dst)]) == 2  # refuses to overwrite
     _, problems = describe(dst, check=True)
     assert problems == []
     ckpt = MovaCheckpoint.open(dst).validate()

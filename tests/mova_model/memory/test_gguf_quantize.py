@@ -84,13 +84,13 @@ def test_progress_is_shown_and_types_reported(tiny_checkpoint_dir, tmp_path, cap
 def test_refused_types_say_what_is_allowed(tiny_checkpoint_dir, tmp_path, capsys, args, words):
     code = quantize_cli([str(tiny_checkpoint_dir), str(tmp_path / "out"), "--format", "gguf", *args])
     err = capsys.readouterr().err
-    assert code == 1 and all(w in err for w in words), err
+    assert code == 2 and all(w in err for w in words), err
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
 
 
 def test_a_gguf_source_is_refused(q8_folder, tmp_path, capsys):
     code = quantize_cli([str(q8_folder), str(tmp_path / "again"), "--format", "gguf"])
-    assert code == 1 and "already holds a GGUF file" in capsys.readouterr().err
+    assert code == 2 and "already holds a GGUF file" in capsys.readouterr().err
 
 
 def test_failure_midway_leaves_no_output(tiny_checkpoint_dir, tmp_path, monkeypatch):
@@ -110,6 +110,18 @@ def test_failure_midway_leaves_no_output(tiny_checkpoint_dir, tmp_path, monkeypa
         quantize_checkpoint(tiny_checkpoint_dir, tmp_path / "out", format_name="gguf", gguf_type="Q8_0")
     assert not (tmp_path / "out").exists() and not (tmp_path / "out.partial").exists()
     assert quantize_module.quantize_checkpoint is quantize_checkpoint
+    # with --overwrite, the folder being replaced stays whole until the new copy is complete
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "mine.txt").write_text("the user's earlier copy")
+    calls.clear()
+    with pytest.raises(OSError, match="disk full"):
+        quantize_checkpoint(tiny_checkpoint_dir, tmp_path / "out", overwrite=True, format_name="gguf",
+                            gguf_type="Q8_0")
+    assert (tmp_path / "out" / "mine.txt").read_text() == "the user's earlier copy"
+    monkeypatch.setattr(gguf_quantize, "write_gguf_component", real)
+    quantize_checkpoint(tiny_checkpoint_dir, tmp_path / "out", overwrite=True, format_name="gguf", gguf_type="Q8_0")
+    assert not (tmp_path / "out" / "mine.txt").exists() and (tmp_path / "out" / "video_dit" / "video_dit.gguf").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
 
 
 def test_torch_q8_0_is_the_gguf_package_quantizer_bit_for_bit():

@@ -192,6 +192,14 @@ def test_official_to_comfy_per_expert_and_back(tmp_path, tiny_pipe, tiny_checkpo
     assert (official.rank, official.alpha) == (original.rank, original.alpha) and official.components() == ("video_dit",)
     _same_pairs(original, official, "video_dit", "video_dit")
     assert official.metadata["note"] == "trained here"
+    # an existing output is never replaced unless asked (issue 17, item 2)
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in (high, low, again)}
+    assert lora_convert_cli([str(src), str(out), "--to", "comfy", "--video-only", *tiny]) == 2
+    assert f"{high}, {low} already exists; pass --overwrite" in capsys.readouterr().err
+    assert lora_convert_cli([str(high), str(again), "--to", "official", "--expert", "high", *tiny]) == 2
+    assert {p: p.read_bytes() for p in (high, low, again)} == before
+    assert lora_convert_cli([str(src), str(out), "--to", "comfy", "--video-only", "--overwrite", *tiny]) == 0
 
 
 def test_a_community_lora_to_comfy_and_official(tmp_path, tiny_pipe, tiny_checkpoint_dir, shapes, capsys):
