@@ -33,7 +33,7 @@ import torch
 from .. import bounds
 from ..atomic_write import atomic_write
 from ..checks import CheckError, check_destination, check_device
-from ..cli_args import CliParser
+from ..cli_args import CliParser, interrupted_exit_code, sigterm_as_interrupt
 from ..network.precision import auto_dtype
 from .guidance import GuidanceConfig
 from .pipeline import OFFICIAL_NEGATIVE_PROMPT, InputError, JointLatents, MovaPipeline, validate_geometry
@@ -425,14 +425,16 @@ def generate_cli(argv: Optional[Sequence[str]] = None) -> int:
 
         return run_parallel_generate(args, request_from_args, open_pipeline, generate, write_outputs)
     try:
-        request = request_from_args(args)
-        pipeline = open_pipeline(args)
-        path = run_generate(pipeline, request)
+        with sigterm_as_interrupt():
+            request = request_from_args(args)
+            pipeline = open_pipeline(args)
+            path = run_generate(pipeline, request)
     except (InputError, CheckpointError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
-    except KeyboardInterrupt:  # outputs are written atomically: nothing partial is left
-        sys.stderr.write("interrupted (Ctrl-C); no partial file was left\n")
-        return 128 + 2
+    except KeyboardInterrupt as exc:  # outputs are written atomically: nothing partial is left
+        what, code = interrupted_exit_code(exc)
+        sys.stderr.write(f"{what}; no partial file was left\n")
+        return code
     sys.stdout.write(f"{path}\n")
     return 0

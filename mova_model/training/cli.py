@@ -14,13 +14,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 from typing import List, Optional
 
 from ..checks import CheckError, check_writable_folder
-from ..cli_args import CliParser
+from ..cli_args import CliParser, interrupted_exit_code, sigterm_as_interrupt
 from .files import state_path_for
 from .trainer import EXPERT_CHOICES, LoraTrainer, TrainingError, TrainProgress, TrainSettings
 
@@ -78,10 +77,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like Ctrl-C so the trainer keeps the last completed step."""
-
-
 def default_cache_dir(dataset: str) -> Path:
     """`<dataset>/.mova_cache`, or the user's cache folder when the dataset folder cannot be written."""
     preferred = Path(dataset.rstrip("/") or "/") / ".mova_cache"
@@ -110,12 +105,12 @@ def train_cli(argv: Optional[List[str]] = None) -> int:
         device=args.device, strict_dataset=args.strict, official_pair=args.official_pair,
         export_format=args.export_format)
     bar = _ProgressBar(args.steps)
+    with sigterm_as_interrupt():
+        return _run_training(args, settings, bar)
+
+
+def _run_training(args, settings: TrainSettings, bar: "_ProgressBar") -> int:
     trainer = None
-    previous = signal.getsignal(signal.SIGTERM)
-    try:
-        signal.signal(signal.SIGTERM, _raise_terminated)
-    except ValueError:  # not the main thread (an embedding host): SIGTERM keeps its handler
-        previous = None
     try:
         if args.no_cache:
             cache_dir = None
@@ -133,18 +128,14 @@ def train_cli(argv: Optional[List[str]] = None) -> int:
         return 2
     except KeyboardInterrupt as exc:
         bar.close()
-        terminated = isinstance(exc, Terminated)
-        what = "terminated (SIGTERM)" if terminated else "interrupted (Ctrl-C)"
+        what, code = interrupted_exit_code(exc)
         saved = trainer.saved_step if trainer is not None else None
         if saved:
             sys.stderr.write(f"{what}: saved step {saved} of {args.steps} to {args.out}; continue with --resume "
                              f"{state_path_for(args.out)}\n")
         else:
             sys.stderr.write(f"{what} before the first training step was completed; nothing was saved\n")
-        return 128 + (signal.SIGTERM if terminated else signal.SIGINT)
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
+        return code
     bar.close()
     for name, reason in result.skipped:
         sys.stderr.write(f"skipped {name}: {reason}\n")
@@ -153,10 +144,6 @@ def train_cli(argv: Optional[List[str]] = None) -> int:
     sys.stdout.write(f"trained: steps={result.steps} val_loss_before={result.val_loss_before:.6g} "
                      f"val_loss_after={result.val_loss_after:.6g} lora={result.lora_path}\n")
     return 0
-
-
-def _raise_terminated(signum, frame) -> None:
-    raise Terminated()
 
 
 class _ProgressBar:

@@ -1,6 +1,10 @@
 """The generate CLI: one segment per prompt, the mp4 path as the last stdout line, bad settings write nothing."""
 
 import json
+import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -88,3 +92,28 @@ def test_three_prompts_join_to_n_f_minus_overlaps(tiny_checkpoint_dir, first_png
         seams = json.loads(meta["segments"])
         assert [s["frame"] for s in seams] == [4, 8] and [s["seed"] for s in seams] == [4, 5]
         assert f.get_tensor("audio").shape[-1] == (int(16000 * 17 / 8) - 1) // 160 + 1
+
+
+@pytest.mark.parametrize("sig, words", [(signal.SIGTERM, "terminated (SIGTERM)"), (signal.SIGINT, "interrupted (Ctrl-C)")])
+def test_sigterm_and_ctrl_c_end_with_one_line_and_leave_no_file(tiny_checkpoint_dir, tmp_path, repo_root, sig, words):
+    """As a user (or a job scheduler) stops it: exit 128+signal, one line, no traceback, nothing in the output
+    folder (issue 17, item 11; SIGTERM used to kill the process where it stood)."""
+    out = tmp_path / "out" / "clip.mp4"
+    proc = subprocess.Popen([sys.executable, "-m", "mova_model", "generate", str(tiny_checkpoint_dir), "--prompt",
+                             "a dog barks", *BASE[:-4], "--steps", "1000", "--out", str(out),
+                             "--save-latents", str(tmp_path / "out" / "clip.safetensors")],
+                            cwd=repo_root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    err = b""
+    deadline = time.monotonic() + 300
+    while b"built video_dit " not in err:  # sampling has started
+        assert proc.poll() is None and time.monotonic() < deadline, err.decode(errors="replace")[-2000:]
+        err += proc.stderr.read1(4096)
+    time.sleep(0.5)
+    proc.send_signal(sig)
+    rest, more = proc.communicate(timeout=120)
+    err += more
+    lines = [line for line in err.decode(errors="replace").splitlines() if line.strip()]
+    assert proc.returncode == 128 + sig, lines[-5:]
+    assert lines[-1] == f"{words}; no partial file was left", lines[-5:]
+    assert not any("Traceback" in line for line in lines) and rest == b""
+    assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
