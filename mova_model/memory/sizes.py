@@ -236,8 +236,9 @@ class PlanInputs:
         if self.device not in ("cuda", "cpu") or self.compute_bytes not in (1, 2, 4, 8):
             raise ValueError(f"device must be 'cuda' or 'cpu' and compute_bytes 1, 2, 4 or 8, got {self.device!r}, "
                              f"{self.compute_bytes}")
-        if self.vram_bytes <= 0 or self.ram_bytes <= 0 or self.cfg_passes < 1:
-            raise ValueError("VRAM, RAM and cfg passes must be positive")
+        if not (self.vram_bytes > 0 and self.ram_bytes > 0) or self.cfg_passes < 1:  # `not >`: nan is refused too
+            raise ValueError(f"VRAM, RAM and cfg passes must be positive, got {self.vram_bytes / GB:g} GB, "
+                             f"{self.ram_bytes / GB:g} GB, {self.cfg_passes}")
 
     @property
     def video_tokens(self) -> int:

@@ -146,6 +146,13 @@ def test_cli(capsys):
     assert plan_cli(["--vram", "12", "--ram", "32", "--frames", "100"]) == 2
 
 
+@pytest.mark.parametrize("field", ["vram_bytes", "ram_bytes"])
+def test_a_budget_that_is_not_a_number_is_refused(field):
+    """nan compared false with `<= 0` and planned as if it fitted (`plan --vram nan` printed a plan)."""
+    with pytest.raises(ValueError, match="must be positive"):
+        PlanInputs(**{"vram_bytes": 12 * GB, "ram_bytes": 32 * GB, field: float("nan")}).validate()
+
+
 @pytest.mark.parametrize("checkpoint", ["released", "tiny"])
 def test_a_plan_that_fits_fits_every_phase(checkpoint, tiny_checkpoint_dir):
     """Issue 17 item 10: a plan at a 1.40 GB budget said `fits: yes` while its own table listed `audio decode
