@@ -15,6 +15,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # in this process and in the ranks and servers it starts (mova_model/network/attention.py, `kernel_inputs`).
 os.environ["MOVA_STRICT_ATTENTION_LAYOUT"] = "1"
 
+# Inductor's on-disk cache does not key its C++ kernels by ATen's CPU capability: code compiled for AVX2 is reused
+# under ATEN_CPU_CAPABILITY=default and no longer compiles there. One cache folder per capability (for this
+# process and what it starts) keeps the scalar-kernel runs of the suite apart. A user's own setting is kept.
+if "TORCHINDUCTOR_CACHE_DIR" not in os.environ and os.environ.get("ATEN_CPU_CAPABILITY"):
+    import getpass
+    import tempfile
+
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(
+        tempfile.gettempdir(), f"torchinductor_{getpass.getuser()}_{os.environ['ATEN_CPU_CAPABILITY'].lower()}")
+
 # The real-ComfyUI fixtures (`comfy`, `mova_checkpoint`), shared by tests/host and tests/browser.
 pytest_plugins = ["host_fixtures"]
 
