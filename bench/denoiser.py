@@ -33,6 +33,13 @@ logger = logging.getLogger("bench.denoiser")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+def bench_dtype(name: str | None, device: str) -> torch.dtype:
+    """`--dtype` (fp32/bf16/fp16) as a torch dtype; without one, bf16 on CUDA and float32 elsewhere."""
+    if name:
+        return DTYPES[name]
+    return torch.bfloat16 if device.startswith("cuda") else torch.float32
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--video-dim", type=int, default=1024)

@@ -34,6 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 
+from bench.denoiser import DTYPES, bench_dtype
 from mova_model.checkpoint.tiny import TinySpec, write_tiny_checkpoint
 from mova_model.sampling.guidance import GuidanceConfig
 from mova_model.sampling.pipeline import MovaPipeline
@@ -46,7 +47,6 @@ SEARCH_STEPS = (4, 6, 8, 10, 12, 15, 20, 25, 30, 40, 50)
 MID_SIZE = TinySpec(z_dim=16, text_dim=64, video_dim=256, video_heads=2, video_layers=6, audio_dim=128,
                     audio_heads=4, audio_layers=4, bridge_head_dim=32, audio_latent_dim=32)
 """A mid-size random model: Wan's 16-channel latents, 256-wide video blocks (6 layers), 128-wide audio blocks."""
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 SMOOTH_PERIOD = 100.0
 """Timestep features with a shorter period (in timesteps, 0..1000 scale) are cut from the time-smoothed variants."""
 TIME_COMPONENTS = ("video_dit", "video_dit_2", "audio_dit")
@@ -206,7 +206,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    dtype = bench_dtype(args.dtype, args.device)
     out = sys.stdout
     out.write(f"bench.solvers on {args.device} ({torch.get_num_threads()} threads), {str(dtype).replace('torch.', '')}, "
               f"clip {args.size} x {args.frames} frames at {args.fps:g} fps, text CFG {args.cfg:g}, seed {args.seed}\n")

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 
-from bench.denoiser import DTYPES, audio_steps_for, build
+from bench.denoiser import DTYPES, audio_steps_for, bench_dtype, build
 from bench.denoiser import parse_args as denoiser_args
 from mova_model.memory.fp8 import quantize_module_
 from mova_model.network.attention import installed, resolve_backend, use_attention_backend
@@ -194,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    dtype = DTYPES[args.dtype] if args.dtype else (torch.bfloat16 if args.device.startswith("cuda") else torch.float32)
+    dtype = bench_dtype(args.dtype, args.device)
     out = sys.stdout
     out.write(f"bench.speed on {args.device} ({torch.get_num_threads()} threads), {str(dtype).replace('torch.', '')}, "
               f"torch {torch.__version__}; flash-attn {'installed' if installed('flash') else 'not installed'}, "

@@ -7,7 +7,7 @@ from comfy_api.latest import io
 from ..mova_model.sampling.drivers import held_audio, held_video
 from ..mova_model.sampling.sampler import HOLD_MODES
 from .combos import check_combos
-from .types import MovaConditioning, MovaHeld, MovaModel, conditioning_of, handle_of
+from .types import MovaConditioning, MovaHeld, MovaModel, audio_of, conditioning_of, handle_of
 
 MODE_TOOLTIP = ("clean (default): the held tower sees the clean stream at timestep 0 every step, like a finished "
                 "stream. renoise: the clean stream is re-noised to each step's noise level (inpainting style).")
@@ -35,9 +35,8 @@ class MovaAudioDriver(io.ComfyNode):
     def execute(cls, model, conditioning, audio, mode: str) -> io.NodeOutput:
         check_combos(cls, mode=mode)
         pipe = handle_of(model).pipeline
-        if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-            raise ValueError("audio: expected a ComfyUI AUDIO (from LoadAudio or another audio node)")
-        held, notes = held_audio(pipe, audio["waveform"], int(audio["sample_rate"]), conditioning_of(conditioning), mode)
+        waveform, rate = audio_of(audio)
+        held, notes = held_audio(pipe, waveform, rate, conditioning_of(conditioning), mode)
         return io.NodeOutput(held, f"audio: {notes}")
 
 

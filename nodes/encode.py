@@ -8,7 +8,7 @@ from __future__ import annotations
 from comfy_api.latest import io
 
 from ..mova_model.sampling.drivers import encode_clip
-from .types import MovaConditioning, MovaModel, conditioning_of, handle_of, latents_to_comfy
+from .types import MovaConditioning, MovaModel, audio_of, conditioning_of, handle_of, latents_to_comfy
 
 
 class MovaEncode(io.ComfyNode):
@@ -38,11 +38,7 @@ class MovaEncode(io.ComfyNode):
     @classmethod
     def execute(cls, model, conditioning, frames, audio=None, source_fps: float = 0.0) -> io.NodeOutput:
         pipe = handle_of(model).pipeline
-        waveform, rate = None, 0
-        if audio is not None:
-            if not isinstance(audio, dict) or "waveform" not in audio or "sample_rate" not in audio:
-                raise ValueError("audio: expected a ComfyUI AUDIO (from LoadAudio or another audio node)")
-            waveform, rate = audio["waveform"], int(audio["sample_rate"])
+        waveform, rate = audio_of(audio) if audio is not None else (None, 0)
         latents, notes = encode_clip(pipe, frames, conditioning_of(conditioning), waveform, rate, float(source_fps or 0.0))
         return io.NodeOutput(latents_to_comfy(latents), notes)
 

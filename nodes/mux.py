@@ -10,6 +10,7 @@ from comfy_api.latest import InputImpl, io, ui
 
 from ..mova_model import bounds
 from ..mova_model.media.av_io import Mp4Writer, fit_audio_to_video, frames_to_uint8, safe_filename_prefix
+from .types import audio_of
 
 MUX_CHUNK_FRAMES = 16
 
@@ -49,10 +50,9 @@ class MovaMux(io.ComfyNode):
             raise ValueError(f"frames: H.264 needs even width and height, got {width}x{height}")
         waveform = rate = None
         if audio is not None:
-            wave = audio["waveform"]
+            wave, rate = audio_of(audio)
             if wave.dim() != 3 or wave.shape[0] < 1:
                 raise ValueError(f"audio: expected waveform [batch, channels, samples], got {list(wave.shape)}")
-            rate = int(audio["sample_rate"])
             waveform, note = fit_audio_to_video(wave[0].float(), rate, count, fps)
             if note:
                 logger.warning("MOVA Mux: %s", note)

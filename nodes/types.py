@@ -68,6 +68,14 @@ def conditioning_of(value) -> Conditioning:
     return value
 
 
+def audio_of(value, name: str = "audio") -> tuple:
+    """A core AUDIO on a wire -> (waveform `[B, channels, samples]`, sample rate in Hz), or a message saying what
+    to connect."""
+    if not isinstance(value, dict) or "waveform" not in value or "sample_rate" not in value:
+        raise ValueError(f"{name}: expected a ComfyUI AUDIO (from LoadAudio or another audio node)")
+    return value["waveform"], int(value["sample_rate"])
+
+
 def handle_of(model: Optional[MovaModelHandle]) -> MovaModelHandle:
     if not isinstance(model, MovaModelHandle):
         raise ValueError("model: connect the output of a MOVA Loader node")

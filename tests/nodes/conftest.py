@@ -49,3 +49,23 @@ def load_node_module(name: str):
 def node_module():
     """`node_module("prompt")` -> the imported `comfyui_mova.nodes.prompt` module."""
     return load_node_module
+
+
+@pytest.fixture(scope="module")
+def handle(node_module, tmp_path_factory):
+    """A MOVA model handle on a tiny checkpoint, as the Loader hands it on (one per test module)."""
+    from mova_model.checkpoint.tiny import write_tiny_checkpoint
+
+    node_module("types")  # imports the pack as ComfyUI does; the nodes see `comfyui_mova.mova_model` classes
+    MovaPipeline = importlib.import_module(f"{PACK_NAME}.mova_model.sampling.pipeline").MovaPipeline
+    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_mova") / "MOVA-tiny")
+    return node_module("types").MovaModelHandle(MovaPipeline.from_pretrained(folder), "tiny")
+
+
+@pytest.fixture()
+def hidden_inputs(node_module, monkeypatch):
+    """Outside the executor a V3 node's hidden inputs are unset; give the sampling nodes a node id of None."""
+    from types import SimpleNamespace
+
+    for module, name in (("sampler", "MovaJointSampler"), ("extend", "MovaExtend")):
+        monkeypatch.setattr(getattr(node_module(module), name), "hidden", SimpleNamespace(unique_id=None), raising=False)

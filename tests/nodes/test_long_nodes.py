@@ -6,26 +6,7 @@ import torch
 
 from mova_model.media.av_io import probe_media
 
-
-@pytest.fixture(scope="module")
-def handle(node_module, tmp_path_factory):
-    import importlib
-
-    from mova_model.checkpoint.tiny import write_tiny_checkpoint
-
-    node_module("types")  # imports the pack as ComfyUI does; the nodes see `comfyui_mova.mova_model` classes
-    MovaPipeline = importlib.import_module("comfyui_mova.mova_model.sampling.pipeline").MovaPipeline
-    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_mova") / "MOVA-tiny")
-    return node_module("types").MovaModelHandle(MovaPipeline.from_pretrained(folder), "tiny")
-
-
-@pytest.fixture(autouse=True)
-def hidden_inputs(node_module, monkeypatch):
-    """Outside the executor a V3 node's hidden inputs are unset; give the sampling nodes a node id of None."""
-    from types import SimpleNamespace
-
-    for module, name in (("sampler", "MovaJointSampler"), ("extend", "MovaExtend")):
-        monkeypatch.setattr(getattr(node_module(module), name), "hidden", SimpleNamespace(unique_id=None), raising=False)
+pytestmark = pytest.mark.usefixtures("hidden_inputs")
 
 
 @pytest.fixture

@@ -3,18 +3,6 @@ pool as `remote`; the input model untouched). Runs with workers are in tests/hos
 import pytest
 
 
-@pytest.fixture(scope="module")
-def handle(node_module, tmp_path_factory):
-    import importlib
-
-    from mova_model.checkpoint.tiny import write_tiny_checkpoint
-
-    node_module("types")
-    MovaPipeline = importlib.import_module("comfyui_mova.mova_model.sampling.pipeline").MovaPipeline
-    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny_mova") / "MOVA-tiny")
-    return node_module("types").MovaModelHandle(MovaPipeline.from_pretrained(folder), "tiny")
-
-
 @pytest.mark.parametrize("devices, split, message", [
     ("cpu", "cfg", "at least 2 devices"),
     ("cpu, cpu", "ulysses", "Ulysses degree 2 does not divide .* allowed degrees: 1"),
