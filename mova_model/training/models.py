@@ -68,7 +68,6 @@ class TrainingModels:
         self.dtype = STORAGE_DTYPES.get(weights)
         self.cache = ComponentCache(checkpoint, self.device, self.dtype or torch.float32, fp8=weights == "fp8")
         self.gradient_checkpointing = gradient_checkpointing
-        self.vram_budget_gb = vram_budget_gb
         if plan is None and stream is None and vram_budget_gb is not None and clip_size is not None:
             plan = training_plan(checkpoint, vram_budget_gb * 1e9, clip_size, weights, experts, gradient_checkpointing,
                                  prefetch_depth)

@@ -23,6 +23,7 @@ from .. import bounds
 from ..checks import CheckError, check_destination, check_device, check_writable_folder
 from ..checkpoint.folder import MovaCheckpoint, build_meta_module
 from ..checkpoint.weights import CheckpointError
+from ..memory.model_store import MemoryOptions
 from ..network.lora import LoraError, load_lora
 from ..sampling.scheduler import FlowMatchPairScheduler
 from .cache import encode_dataset
@@ -108,14 +109,13 @@ class TrainSettings:
                 ("val_every", bounds.VAL_EVERY, self.val_every), ("val_items", bounds.VAL_ITEMS, self.val_items),
                 ("gradient accumulation", bounds.ACCUMULATION, self.accumulation), ("fps", bounds.FPS, self.fps),
                 ("width", bounds.WIDTH, self.width), ("height", bounds.HEIGHT, self.height),
-                ("frames", bounds.FRAMES, self.frames)):
-            if not bound.contains(value):
-                problems.append(f"{name} must be {bound.describe()}{' (a whole number)' if bound.integer else ''} "
-                                f"(got {value!r})")
-        if self.warmup_steps is not None and not bounds.WARMUP_STEPS.contains(self.warmup_steps):
-            problems.append(f"warm-up steps must be {bounds.WARMUP_STEPS.describe()} (got {self.warmup_steps!r})")
-        if self.vram_budget_gb is not None and not bounds.VRAM_BUDGET_GB.contains(self.vram_budget_gb):
-            problems.append(f"the VRAM budget must be {bounds.VRAM_BUDGET_GB.describe()} GB (got {self.vram_budget_gb!r})")
+                ("frames", bounds.FRAMES, self.frames), ("warm-up steps", bounds.WARMUP_STEPS, self.warmup_steps),
+                ("the VRAM budget (GB)", bounds.VRAM_BUDGET_GB, self.vram_budget_gb)):
+            try:
+                if value is not None:  # only the warm-up steps and the VRAM budget may be unset
+                    bound.check(name, value)
+            except bounds.BoundsError as exc:
+                problems.append(str(exc))
         if not all(bounds.LOSS_WEIGHT.contains(w) for w in self.loss_weights):
             problems.append(f"loss weights must be finite, {bounds.LOSS_WEIGHT.describe()} (got {self.loss_weights})")
         try:
@@ -128,20 +128,16 @@ class TrainSettings:
             problems.append(f"experts must be one of {', '.join(EXPERT_CHOICES)} (got {self.experts!r})")
         if self.weights not in WEIGHT_CHOICES:
             problems.append(f"weights must be one of {', '.join(WEIGHT_CHOICES)} (got {self.weights!r})")
-        if self.accumulation < 1:
-            problems.append(f"gradient accumulation must be at least 1 (got {self.accumulation})")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption dropout must be in [0, 1) (got {self.caption_dropout})")
         if self.timestep_sampling not in ("uniform", "logit_normal"):
             problems.append(f"timestep sampling must be 'uniform' or 'logit_normal' (got {self.timestep_sampling!r})")
         if len(self.loss_weights) != 2 or min(self.loss_weights) < 0 or sum(self.loss_weights) <= 0:
             problems.append(f"loss weights must be two non-negative numbers, not both 0 (got {self.loss_weights})")
-        if self.memory_mode not in ("auto", "budget", "resident"):
-            problems.append(f"memory mode must be auto, budget or resident (got {self.memory_mode!r})")
-        elif self.memory_mode == "budget" and not (self.vram_budget_gb and self.vram_budget_gb > 0):
-            problems.append("memory mode 'budget' needs a VRAM budget in GB greater than 0")
-        if self.save_every < 0 or self.val_every < 0 or self.val_items < 1:
-            problems.append("save_every and val_every must be >= 0 and val_items >= 1")
+        try:
+            MemoryOptions(mode=self.memory_mode, vram_budget_gb=self.vram_budget_gb).validate()
+        except ValueError as exc:
+            problems.append(str(exc))
         try:
             self.optimizer_settings().validate()
             ClipGeometry(self.width, self.height, self.frames, self.fps, 1).validate()
