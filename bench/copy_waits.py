@@ -32,8 +32,12 @@ class TimedCopyEngine(CopyEngine):
     def allocate(self, nbytes: int) -> torch.Tensor:
         return self.inner.allocate(nbytes)
 
-    def register(self, layout) -> int:
-        return self.inner.register(layout)
+    def register_all(self, layouts) -> int:
+        return self.inner.register_all(layouts)
+
+    @property
+    def pinned_bytes(self) -> int:
+        return self.inner.pinned_bytes
 
     def reserve(self, slot_bytes: int) -> int:
         return self.inner.reserve(slot_bytes)

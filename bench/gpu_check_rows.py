@@ -117,20 +117,6 @@ def streaming_budget(pipe, clip: dict, steps: int) -> Optional[float]:
     return None
 
 
-def planned_pinned_bytes(plan) -> float:
-    """Pinned host bytes the plan counts (`MemoryPlan.pinned_bytes` where the planner has it), else what its pin
-    mode implies: every streamed module once ("all") or two staging buffers of the largest one ("ring")."""
-    figure = getattr(plan, "pinned_bytes", None)
-    if figure is not None:
-        return float(figure)
-    streamed = [m.nbytes for m in plan.modules if not m.resident]
-    if plan.pin == "all":
-        return float(sum(streamed))
-    if plan.pin == "ring":
-        return 2.0 * max(streamed, default=0)
-    return 0.0
-
-
 def peak_row(section: str, name: str, measured: Optional[int], planned: float, budget: Optional[float] = None) -> Row:
     goal = f"<= plan x {PEAK_MARGIN:g}" + (f" and <= budget {budget / GB:.2f} GB" if budget else "")
     if measured is None:
@@ -249,7 +235,7 @@ def _phase_rows(section: str, run: dict, plan, budget: Optional[float], pinned_b
                          phases.get("denoise", 0.0), budget))
     for phase in ("VAE decode", "audio decode"):
         rows.append(peak_row(section, f"VRAM {phase}", run[phase], phases.get(phase, 0.0), budget))
-    planned = planned_pinned_bytes(run["plan"])
+    planned = run["plan"].pinned_bytes
     during = [p for p in run["pinned"] if p is not None]
     goal = "<= plan x 1.1 + 64 MiB"
     if not during:

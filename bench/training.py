@@ -69,8 +69,7 @@ def budget_decisions(folder: Path, args, budgets=GPU_BUDGETS_GB) -> list:
     `TrainingModels` itself), "plan_vram_gb" (the training plan's peak for this clip, both experts)}.
     Nothing is built (the planner reads the configs)."""
     from mova_model.checkpoint.folder import MovaCheckpoint
-    from mova_model.memory.sizes import GB as PLAN_GB, Architecture, PlanInputs, execution_modules
-    from mova_model.memory.training_plan import plan_training
+    from mova_model.memory.sizes import GB as PLAN_GB
     from mova_model.training.models import TrainingModels
 
     ck = MovaCheckpoint.open(folder)
@@ -79,18 +78,7 @@ def budget_decisions(folder: Path, args, budgets=GPU_BUDGETS_GB) -> list:
     for budget in budgets:
         models = TrainingModels(ck, "cuda", "as stored", vram_budget_gb=budget,
                                 clip_size=(width, height, args.frames, args.fps), experts="both")
-        inputs = PlanInputs(vram_bytes=budget * PLAN_GB, ram_bytes=1e15, width=width, height=height,
-                            frames=args.frames, fps=args.fps, cfg_passes=1, mode="budget")
-        own = getattr(models, "plan", None)  # the training plan the run follows, where `TrainingModels` keeps it
-        if own is not None:
-            peak = own.vram_peak
-        else:
-            arch = Architecture.from_configs(ck.configs)
-            plan = plan_training(inputs, arch, experts="both")
-            peak = plan.vram_peak
-            if not models.streamed():  # the blocks resident instead of the stream slots (as `TrainingModels` counts)
-                peak += (sum(m.nbytes for m in execution_modules(arch, inputs))
-                         - plan.vram.get("stream slots (2 passes)", 0.0))
+        peak = models.plan.vram_peak  # the training plan the run follows (`TrainingModels` makes it)
         out.append({"budget_gb": budget, "streamed": models.streamed(), "plan_vram_gb": peak / PLAN_GB})
     return out
 

@@ -41,13 +41,9 @@ class CopyEngine:
     def allocate(self, nbytes: int) -> torch.Tensor:
         return normal_empty(nbytes, device=self.device)
 
-    def register(self, layout: BlockLayout) -> int:
-        """Called once per streamed layout; returns host bytes it pinned (0 by default)."""
-        return 0
-
     def register_all(self, layouts: List[BlockLayout]) -> int:
-        """Called once with every streamed layout; returns the host bytes pinned for them."""
-        return sum(self.register(layout) for layout in layouts)
+        """Called once with every streamed layout; returns the host bytes pinned for them (0 by default)."""
+        return 0
 
     @property
     def pinned_bytes(self) -> int:
@@ -251,9 +247,6 @@ class CudaCopyEngine(CopyEngine):
 
     def register_all(self, layouts: List[BlockLayout]) -> int:
         return self.host.pin_all(layouts)
-
-    def register(self, layout: BlockLayout) -> int:
-        return self.host.pin_all([layout])
 
     def reserve(self, slot_bytes: int) -> int:
         if self.pin != "ring":

@@ -230,7 +230,7 @@ class WorkerPool:
             dead = [(rank, p) for rank, p in enumerate(self.procs) if not p.is_alive() and rank not in reported]
             if dead:
                 rank, proc = dead[0]
-                message = (f"MOVA worker {rank} ({self.spec.devices[rank]}, pid {proc.pid}) exited with code "
+                message = (f"MOVA {self.describe_worker(rank)} exited with code "
                            f"{proc.exitcode} while {doing}; all workers were stopped and will be restarted on the next run")
                 self.last_crash = message
                 self.stop()
