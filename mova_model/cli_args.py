@@ -7,7 +7,7 @@ import argparse
 import contextlib
 import signal
 import sys
-from typing import NoReturn, Tuple
+from typing import NoReturn, Tuple, Union
 
 
 class CliParser(argparse.ArgumentParser):
@@ -16,6 +16,14 @@ class CliParser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"error: {message} (see {self.prog} --help)\n")
         raise SystemExit(2)
+
+    def parse_or_status(self, argv) -> Union[argparse.Namespace, int]:
+        """`parse_args(argv)`, or the exit status when the parser ended the command itself: 0 after `--help`,
+        2 after its one `error:` line."""
+        try:
+            return self.parse_args(argv)
+        except SystemExit as exc:
+            return int(exc.code or 0)
 
 
 def refuse(message: str) -> int:

@@ -107,10 +107,9 @@ def main_describe(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--check", action="store_true",
                         help="also read the safetensors headers (no weights) and list every problem")
     parser.add_argument("--summary", action="store_true", help="print only the parameter counts")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
-        return int(exc.code or 0)
+    args = parser.parse_or_status(argv)
+    if isinstance(args, int):  # --help, or the parser's one `error:` line
+        return args
     if not args.folder.is_dir():
         what = "a file" if args.folder.exists() else "nothing there"
         return refuse(f"{args.folder} is not a folder ({what}); give a MOVA checkpoint folder (the one holding "

@@ -197,10 +197,9 @@ def tiny_checkpoint_cli(argv: List[str]) -> int:
     parser.add_argument("--six-heads", action="store_true",
                         help="6 heads in every attention (video 48, audio 48 wide, bridge heads of 8), so sequence "
                              "parallelism (Ulysses 2 and 3) can split them")
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
-        return int(exc.code or 0)
+    args = parser.parse_or_status(argv)
+    if isinstance(args, int):  # --help, or the parser's one `error:` line
+        return args
     try:
         SEED.check("--seed", args.seed)
         if args.dest.exists() and not args.dest.is_dir():

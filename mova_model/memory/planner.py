@@ -536,10 +536,9 @@ def plan_cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS, help="sustained bf16 TFLOP/s")
     parser.add_argument("--resident", action="store_true", help="require every block resident")
     parser.add_argument("--checkpoint", type=Path, help="read the architecture from this checkpoint's configs")
-    try:
-        args = parser.parse_args(list(argv or []))
-    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
-        return int(exc.code or 0)
+    args = parser.parse_or_status(list(argv or []))
+    if isinstance(args, int):  # --help, or the parser's one `error:` line
+        return args
     try:
         width, height = checked_plan_arguments(args, VARIANT_SIZES[args.variant])
         arch = None

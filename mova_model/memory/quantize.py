@@ -300,10 +300,9 @@ def quantize_cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--type", dest="gguf_type", default="Q8_0",
                         help="GGUF type of the matrices: Q8_0, Q5_1, Q5_0, Q4_1, Q4_0, F16 or BF16 (default Q8_0)")
     parser.add_argument("--overwrite", action="store_true")
-    try:
-        args = parser.parse_args(list(argv or []))
-    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
-        return int(exc.code or 0)
+    args = parser.parse_or_status(list(argv or []))
+    if isinstance(args, int):  # --help, or the parser's one `error:` line
+        return args
     try:
         report = quantize_checkpoint(args.src, args.dst, args.components, args.overwrite, args.format_name,
                                      args.gguf_type.upper(), progress=True)

@@ -193,10 +193,9 @@ def plan_train_cli(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--pcie", type=float, default=25.0)
     parser.add_argument("--tflops", type=float, default=DEFAULT_TFLOPS)
     parser.add_argument("--checkpoint", type=Path)
-    try:
-        args = parser.parse_args(list(argv or []))
-    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
-        return int(exc.code or 0)
+    args = parser.parse_or_status(list(argv or []))
+    if isinstance(args, int):  # --help, or the parser's one `error:` line
+        return args
     try:
         width, height = checked_plan_arguments(args, (640, 352))
         bounds.RANK.check("--rank", args.rank)

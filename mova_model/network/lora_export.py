@@ -25,7 +25,7 @@ from safetensors.torch import save_file
 
 from ..atomic_write import atomic_write
 from ..checks import check_destination, existing_files
-from ..cli_args import CliParser
+from ..cli_args import CliParser, refuse
 from .lora import EXPERTS, OFFICIAL_FORMAT, LoraError, LoraWeights, load_lora, official_tensors
 from .lora_formats import most_common_rank
 
@@ -182,10 +182,9 @@ def lora_convert_cli(argv: Optional[Sequence[str]] = None) -> int:
     p.add_argument("--video-only", action="store_true", help="--to comfy: leave out audio DiT and bridge parts")
     p.add_argument("--allow-partial", action="store_true", help="keep the keys that match, list the rest")
     p.add_argument("--overwrite", action="store_true", help="replace output files that exist")
-    try:
-        args = p.parse_args(list(argv or []))
-    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
-        return int(exc.code or 0)
+    args = p.parse_or_status(list(argv or []))
+    if isinstance(args, int):  # --help, or the parser's one `error:` line
+        return args
     out = Path(args.output)
     try:
         if out.suffix != ".safetensors":
@@ -206,8 +205,7 @@ def lora_convert_cli(argv: Optional[Sequence[str]] = None) -> int:
         else:
             paths = save_comfy_experts(weights, out, video_only=args.video_only)
     except (LoraError, ValueError, OSError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+        return refuse(str(exc))
     for path in paths:
         sys.stdout.write(f"{path}\n")
     return 0

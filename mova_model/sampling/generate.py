@@ -33,7 +33,7 @@ import torch
 from .. import bounds
 from ..atomic_write import atomic_write
 from ..checks import CheckError, check_destination, check_device
-from ..cli_args import CliParser, interrupted_exit_code, sigterm_as_interrupt
+from ..cli_args import CliParser, interrupted_exit_code, refuse, sigterm_as_interrupt
 from ..network.precision import auto_dtype
 from .guidance import GuidanceConfig
 from .pipeline import OFFICIAL_NEGATIVE_PROMPT, InputError, JointLatents, MovaPipeline, validate_geometry
@@ -90,7 +90,7 @@ class GenerateRequest:
         return n * self.frames - (n - 1) * self.overlap
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CliParser:
     parser = CliParser(prog="python -m mova_model generate",
                                      description="Generate a video with sound from prompts (one segment per --prompt).")
     parser.add_argument("checkpoint", type=Path, help="MOVA checkpoint folder (official layout)")
@@ -416,10 +416,9 @@ def generate_cli(argv: Optional[Sequence[str]] = None) -> int:
     from ..checkpoint.folder import CheckpointError
 
     parser = build_parser()
-    try:
-        args = parser.parse_args(list(argv or []))
-    except SystemExit as exc:
-        return int(exc.code or 0)
+    args = parser.parse_or_status(list(argv or []))
+    if isinstance(args, int):  # --help, or the parser's one `error:` line
+        return args
     if args.parallel:
         from ..parallel.launch import run_parallel_generate
 
@@ -430,8 +429,7 @@ def generate_cli(argv: Optional[Sequence[str]] = None) -> int:
             pipeline = open_pipeline(args)
             path = run_generate(pipeline, request)
     except (InputError, CheckpointError) as exc:
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+        return refuse(str(exc))
     except KeyboardInterrupt as exc:  # outputs are written atomically: nothing partial is left
         what, code = interrupted_exit_code(exc)
         sys.stderr.write(f"{what}; no partial file was left\n")

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import List, Optional
 
 from ..checks import CheckError, check_writable_folder
-from ..cli_args import CliParser, interrupted_exit_code, sigterm_as_interrupt
+from ..cli_args import CliParser, interrupted_exit_code, refuse, sigterm_as_interrupt
 from .files import state_path_for
 from .trainer import EXPERT_CHOICES, LoraTrainer, TrainingError, TrainProgress, TrainSettings
 
@@ -34,7 +34,7 @@ def _size(text: str):
         raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT, e.g. 640x352 (got {text!r})") from exc
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser() -> CliParser:
     p = CliParser(prog="python -m mova_model train", description="Train a MOVA LoRA (video + audio).")
     p.add_argument("checkpoint", help="MOVA checkpoint folder (official layout)")
     p.add_argument("dataset", help="folder of video clips with same-name .txt captions, or with metadata.json")
@@ -89,10 +89,9 @@ def default_cache_dir(dataset: str) -> Path:
 
 
 def train_cli(argv: Optional[List[str]] = None) -> int:
-    try:
-        args = build_parser().parse_args(argv)
-    except SystemExit as exc:  # --help (0) or one `error:` line (2), printed by the parser
-        return int(exc.code or 0)
+    args = build_parser().parse_or_status(argv)
+    if isinstance(args, int):  # --help, or the parser's one `error:` line
+        return args
     width, height = args.size
     settings = TrainSettings(
         steps=args.steps, rank=args.rank, alpha=args.alpha, targets=args.targets, experts=args.experts,
@@ -124,8 +123,7 @@ def _run_training(args, settings: TrainSettings, bar: "_ProgressBar") -> int:
         result = trainer.run()
     except TrainingError as exc:
         bar.close()
-        sys.stderr.write(f"error: {exc}\n")
-        return 2
+        return refuse(str(exc))
     except KeyboardInterrupt as exc:
         bar.close()
         what, code = interrupted_exit_code(exc)
