@@ -75,7 +75,6 @@ class GenerateRequest:
     last_image: Optional[np.ndarray] = None
     save_latents: Optional[Path] = None
     notes: List[str] = field(default_factory=list)
-    loras: List["LoraSpec"] = field(default_factory=list)
 
     @property
     def schedule(self) -> Optional[ScheduleOptions]:
@@ -239,11 +238,12 @@ def _request_without_schedule(args: argparse.Namespace) -> GenerateRequest:
         raise InputError("--overlap needs two or more --prompt (one segment per prompt)")
     image = read_image(args.image, "--image") if args.image else None
     last_image = read_image(args.last_image, "--last-image") if args.last_image else None
-    loras = [parse_lora(text) for text in getattr(args, "lora", None) or []]
+    for text in getattr(args, "lora", None) or []:  # before loading: `open_pipeline` applies them
+        parse_lora(text)
     return GenerateRequest(prompts=prompts, width=width, height=height, frames=int(args.frames), fps=float(args.fps),
                            steps=int(args.steps), seed=int(args.seed), out=out, overlap=int(args.overlap),
                            cfg=float(args.cfg), negative_prompt=args.negative_prompt, hold_mode=args.hold_mode,
-                           image=image, last_image=last_image, save_latents=args.save_latents, loras=loras)
+                           image=image, last_image=last_image, save_latents=args.save_latents)
 
 
 def request_from_args(args: argparse.Namespace) -> GenerateRequest:

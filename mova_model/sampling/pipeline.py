@@ -33,7 +33,8 @@ from .guidance import GuidanceConfig, required_branches
 from ..media.image_preprocess import crop_and_resize, to_model_range, white_frame
 from ..network.lora import LoraPatch, LoraPatchSet, LoraWeights, load_lora
 from ..memory.model_store import ComponentCache, MemoryHost, MemoryOptions, SamplingModels
-from .sampler import Held, HeldStream, SamplingInputs, SamplingStats, StepInfo, held_list, sample as run_sampler, seeded_noise
+from .sampler import (Held, HeldStream, SamplingInputs, SamplingStats, StepInfo, as_hold_list, held_list,
+                      sample as run_sampler, seeded_noise)
 from .scheduler import FlowMatchPairScheduler
 from .schedules import PLAIN_DENOISE, ScheduleError, ScheduleOptions, check_denoise, joint_schedule
 from .speed import SpeedOptions, choose_batch_guidance, speed_run
@@ -425,7 +426,7 @@ class MovaPipeline:
             return JointLatents(video=kept["video"].float().clone(), audio=kept["audio"].float().clone(), width=c.width,
                                 height=c.height, num_frames=c.num_frames, video_fps=c.video_fps,
                                 sample_rate=self.sample_rate, has_audio=init is None or init.has_audio)
-        holds = [] if held is None else [held] if isinstance(held, HeldStream) else list(held)
+        holds = as_hold_list(held)
         driven = {h.modality for h in holds if isinstance(h, HeldStream) and not h.is_range}
         holds += [HeldStream(m, kept[m], "clean") for m in ("video", "audio") if m in kept and m not in driven]
         held = holds or None
@@ -540,7 +541,7 @@ class MovaPipeline:
     def _kept_streams(held: Held, init: Optional[JointLatents], strengths: Dict[str, float]) -> Dict[str, torch.Tensor]:
         """{modality: clean latents} of the streams that are not sampled: held whole, or at denoise 0."""
         kept = {}
-        for hold in ([] if held is None else [held] if isinstance(held, HeldStream) else list(held)):
+        for hold in as_hold_list(held):
             if isinstance(hold, HeldStream) and not hold.is_range:
                 kept[hold.modality] = hold.latents
         for modality in ("video", "audio"):

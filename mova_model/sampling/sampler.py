@@ -87,9 +87,14 @@ class HeldStream:
 Held = Union[HeldStream, Sequence[HeldStream], None]
 
 
+def as_hold_list(held: Held) -> List[HeldStream]:
+    """The holds as a list (`held` is None, one hold or a sequence of them), not checked."""
+    return [] if held is None else [held] if isinstance(held, HeldStream) else list(held)
+
+
 def held_list(held: Held) -> List[HeldStream]:
     """The holds as a list, checked: at most one whole-stream hold, at most one range hold per stream."""
-    holds = [] if held is None else [held] if isinstance(held, HeldStream) else list(held)
+    holds = as_hold_list(held)
     whole = [h for h in holds if not h.is_range]
     if len(whole) > 1:
         raise ValueError("at most one whole stream can be held (A2V or V2A), got " + ", ".join(h.modality for h in whole))
