@@ -55,13 +55,14 @@ class MovaExtend(io.ComfyNode):
     def execute(cls, model, previous, conditioning, overlap: int, hold_mode: str, seed: int, steps: int, cfg: float,
                 guidance=None, solver: str = "euler", shift: float = 0.0, sigmas=None) -> io.NodeOutput:
         check_combos(cls, hold_mode=hold_mode, solver=solver or "euler")
-        options, list_steps = schedule_options("MOVA Extend", solver, shift, sigmas)
+        options = schedule_options("MOVA Extend", solver, shift, sigmas)
         handle = handle_of(model)
         conditioning = conditioning_of(conditioning)
         previous_latents = latents_from_comfy(previous, "previous")
         pipe = handle.pipeline
         config = guidance if isinstance(guidance, GuidanceConfig) else GuidanceConfig(text_scale=float(cfg))
-        callback = make_step_callback(list_steps or steps, pipe.configs.video_vae.z_dim, cls.hidden.unique_id)
+        callback = make_step_callback(options.num_steps(steps) if options else steps, pipe.configs.video_vae.z_dim,
+                                      cls.hidden.unique_id)
         try:
             result = extend(pipe, previous_latents, conditioning, overlap=int(overlap), seed=int(seed), steps=int(steps),
                             guidance=config, hold_mode=hold_mode, callback=callback, schedule=options)

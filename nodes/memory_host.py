@@ -113,7 +113,6 @@ class ComfyMemoryHost:
         if not isinstance(cache.host_handle, MovaModules):
             cache.host_handle = MovaModules(cache, device)
         self.modules: MovaModules = cache.host_handle
-        self._cache = weakref.ref(cache)
 
     def available_vram(self, device: torch.device) -> float:
         import comfy.model_management as mm
@@ -124,16 +123,13 @@ class ComfyMemoryHost:
             patcher = loaded.model
             if loaded.device == device and patcher is not None and patcher is not self.modules:
                 others += float(loaded.model_loaded_memory())
-        cache = self._cache()
-        own = float(cache.resident_bytes()) if cache is not None else 0.0
+        own = float(self.modules.loaded_size())
         return max(0.0, float(mm.get_free_memory(device)) + others + own - float(mm.extra_reserved_memory()))
 
     def claim(self, device: torch.device, need_bytes: float) -> None:
         import comfy.model_management as mm
 
-        cache = self._cache()
-        held = cache.resident_bytes() if cache is not None else 0
-        extra = max(0.0, float(need_bytes) - held)
+        extra = max(0.0, float(need_bytes) - self.modules.loaded_size())
         mm.load_models_gpu([self.modules], memory_required=extra)
 
 

@@ -46,8 +46,7 @@ def schedule_inputs():
 
 
 def schedule_options(where: str, solver, shift, sigmas):
-    """(ScheduleOptions or None for the official run, the step count a custom list sets or None); a bad value
-    raises `ValueError` naming the node and input."""
+    """ScheduleOptions, or None for the official run; a bad value raises `ValueError` naming the node and input."""
     solver = solver or "euler"
     shift = float(shift or 0.0)
     if shift < 0:
@@ -60,7 +59,7 @@ def schedule_options(where: str, solver, shift, sigmas):
         raise ValueError(f"{where}: {exc}") from None
     if options.sigmas is not None and options.shift is not None:
         logger.info("%s: a sigmas input is connected, so shift %g is not used", where, options.shift)
-    return (None if options.is_default else options), (len(options.sigmas) - 1 if options.sigmas is not None else None)
+    return None if options.is_default else options
 
 
 def _rgb_table(z_dim: int):
@@ -137,7 +136,7 @@ class MovaJointSampler(io.ComfyNode):
         conditioning = conditioning_of(conditioning)
         pipe = handle.pipeline
         where = "MOVA Joint Sampler"
-        options, list_steps = schedule_options(where, solver, shift, sigmas)
+        options = schedule_options(where, solver, shift, sigmas)
         denoise = 1.0 if denoise is None else float(denoise)
         audio_denoise = None if audio_denoise is None or float(audio_denoise) == -1.0 else float(audio_denoise)
         init = None
@@ -147,7 +146,8 @@ class MovaJointSampler(io.ComfyNode):
             except ValueError as exc:
                 raise ValueError(f"{where}: {exc} (to restyle a clip, connect a MOVA Encode output)") from None
         config = guidance if isinstance(guidance, GuidanceConfig) else GuidanceConfig(text_scale=float(cfg))
-        callback = make_step_callback(list_steps or steps, pipe.configs.video_vae.z_dim, cls.hidden.unique_id)
+        callback = make_step_callback(options.num_steps(steps) if options else steps, pipe.configs.video_vae.z_dim,
+                                      cls.hidden.unique_id)
         try:
             latents = pipe.sample(conditioning, seed=seed, steps=steps, guidance=config, held=held, callback=callback,
                                   step_cache=step_cache if isinstance(step_cache, StepCacheConfig) else None,
