@@ -156,23 +156,34 @@ def _check_mode(mode: str) -> str:
     return mode
 
 
+def encoded_audio(pipeline: MovaPipeline, waveform: torch.Tensor, sample_rate: int, conditioning: Conditioning) -> tuple:
+    """(DAC latents `[1, C, L]` of the waveform prepared as `prepare_driving_audio`, cut to the clip's L; notes)."""
+    c = conditioning
+    prepared = prepare_driving_audio(waveform, sample_rate, c, pipeline.sample_rate)
+    _, audio_shape = pipeline.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
+    return pipeline.encode_audio(prepared.tensor)[..., : audio_shape[-1]], prepared.message
+
+
+def encoded_video(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Conditioning,
+                  source_fps: float = 0.0) -> tuple:
+    """(normalized Wan VAE latents `[1, z, T', H/8, W/8]` of the frames prepared as `prepare_driving_video`; notes)."""
+    prepared = prepare_driving_video(frames, conditioning, source_fps)
+    return pipeline.encode_video(prepared.tensor), prepared.message
+
+
 def held_audio(pipeline: MovaPipeline, waveform: torch.Tensor, sample_rate: int, conditioning: Conditioning,
                mode: str = "clean") -> tuple:
     """(HeldStream of DAC latents `[1, C, L]`, notes) for A2V."""
-    prepared = prepare_driving_audio(waveform, sample_rate, conditioning, pipeline.sample_rate)
-    latents = pipeline.encode_audio(prepared.tensor)
-    _, audio_shape = pipeline.latent_shapes(conditioning.width, conditioning.height, conditioning.num_frames, conditioning.video_fps)
-    latents = latents[..., : audio_shape[-1]]
-    return HeldStream("audio", latents, _check_mode(mode)), prepared.message
+    latents, notes = encoded_audio(pipeline, waveform, sample_rate, conditioning)
+    return HeldStream("audio", latents, _check_mode(mode)), notes
 
 
 def held_video(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Conditioning, mode: str = "clean",
                source_fps: float = 0.0) -> tuple:
     """(HeldStream of normalized Wan VAE latents `[1, z, T', H/8, W/8]`, notes) for V2A; `source_fps` as in
     `prepare_driving_video`."""
-    prepared = prepare_driving_video(frames, conditioning, source_fps)
-    latents = pipeline.encode_video(prepared.tensor)
-    return HeldStream("video", latents, _check_mode(mode)), prepared.message
+    latents, notes = encoded_video(pipeline, frames, conditioning, source_fps)
+    return HeldStream("video", latents, _check_mode(mode)), notes
 
 
 def encode_clip(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Conditioning,
@@ -182,17 +193,15 @@ def encode_clip(pipeline: MovaPipeline, frames: torch.Tensor, conditioning: Cond
     (`[B, C, S]` or `[C, S]` at `sample_rate` Hz, prepared as `prepare_driving_audio`) through the DAC. Without a
     waveform the audio latents are zeros and `has_audio` is False (a restyle then generates the sound)."""
     c = conditioning
-    video = prepare_driving_video(frames, c, source_fps)
-    notes = [f"video: {video.message}"]
-    _, audio_shape = pipeline.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
-    video_latents = pipeline.encode_video(video.tensor)
+    video_latents, video_notes = encoded_video(pipeline, frames, c, source_fps)
+    notes = [f"video: {video_notes}"]
     if waveform is None:
+        _, audio_shape = pipeline.latent_shapes(c.width, c.height, c.num_frames, c.video_fps)
         audio_latents = torch.zeros(audio_shape, dtype=torch.float32)
         notes.append("audio: none given (a restyle generates the sound)")
     else:
-        audio = prepare_driving_audio(waveform, sample_rate, c, pipeline.sample_rate)
-        audio_latents = pipeline.encode_audio(audio.tensor)[..., : audio_shape[-1]]
-        notes.append(f"audio: {audio.message}")
+        audio_latents, audio_notes = encoded_audio(pipeline, waveform, sample_rate, c)
+        notes.append(f"audio: {audio_notes}")
     latents = JointLatents(video=video_latents.float().cpu(), audio=audio_latents.float().cpu(), width=c.width,
                            height=c.height, num_frames=c.num_frames, video_fps=c.video_fps,
                            sample_rate=pipeline.sample_rate, has_audio=waveform is not None)
