@@ -172,9 +172,7 @@ class CastRMSNorm(CastMixin, nn.RMSNorm):
     """`nn.RMSNorm` (what the official DiT attention uses for q/k) that casts its weight at forward."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight = None if self.weight is None else cast_tensor(self.weight, x.dtype, x.device)
-        if self.deltas:
-            weight = add_deltas(weight, self.deltas, "weight")
+        weight, _ = self.cast_weight(x)  # no bias; LoRA deltas added there like every other layer's
         return F.rms_norm(x, self.normalized_shape, weight, self.eps)
 
 
