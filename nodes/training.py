@@ -14,6 +14,7 @@ import logging
 import os
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import List, Tuple
 
 import torch
@@ -22,6 +23,7 @@ from comfy_api.latest import io
 from ..mova_model import bounds
 from ..mova_model.checks import CheckError, check_writable_folder
 from ..mova_model.network.lora import LoraPatch, load_lora
+from ..mova_model.training.cache import dataset_cache_dir
 from ..mova_model.training.files import choose_output
 from ..mova_model.training.dataset import ClipGeometry, DatasetError, load_clip, scan_dataset
 from ..mova_model.training.loss_curve import render_loss_curve
@@ -262,13 +264,12 @@ def training_cache_dir(dataset_path: str, cache_folder: str = "") -> Tuple[str, 
             return str(check_writable_folder(folder, "cache_folder")), ""
         except CheckError as exc:
             raise ValueError(f"MOVA Train LoRA: {exc}") from None
-    preferred = os.path.join(dataset_path, ".mova_cache")
-    try:
-        return str(check_writable_folder(preferred, "cache")), ""
-    except CheckError as exc:
-        fallback = os.path.join(folder_paths.get_temp_directory(), "mova_training_cache")
-        return fallback, (f"the encoded clips are cached in {fallback}, not beside the dataset ({exc}); that folder is "
-                          "emptied when ComfyUI restarts: set cache_folder to keep them")
+    folder, why_not = dataset_cache_dir(dataset_path, Path(folder_paths.get_temp_directory()) / "mova_training_cache",
+                                        "cache")
+    if why_not is None:
+        return str(folder), ""
+    return str(folder), (f"the encoded clips are cached in {folder}, not beside the dataset ({why_not}); that folder "
+                         "is emptied when ComfyUI restarts: set cache_folder to keep them")
 
 
 def _progress_text(text: str, node_id) -> None:

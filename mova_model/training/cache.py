@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..atomic_write import atomic_write
+from ..checks import CheckError, check_writable_folder
 from ..checkpoint.folder import MovaCheckpoint
 from .dataset import ClipGeometry, ClipSource, DatasetError, DatasetScan, file_digest, load_clip, no_usable_clip
 from .step import EncodedClip
@@ -28,6 +29,16 @@ logger = logging.getLogger(__name__)
 ENCODER_FOLDERS = ("tokenizer", "text_encoder", "video_vae", "audio_vae")
 CACHE_VERSION = "1"
 _EDGE = 1 << 20
+
+
+def dataset_cache_dir(dataset: str | Path, fallback: Path, what: str = "cache folder") -> Tuple[Path, Optional[CheckError]]:
+    """Where the encoded clips of `dataset` are cached: (`<dataset>/.mova_cache`, None) when that folder can be
+    written, else (`fallback`, why not: the dataset folder is read-only). `what` names the folder in the reason."""
+    preferred = Path(str(dataset).rstrip("/") or "/") / ".mova_cache"
+    try:
+        return check_writable_folder(preferred, what), None
+    except CheckError as exc:
+        return Path(fallback), exc
 
 
 def checkpoint_fingerprint(checkpoint: MovaCheckpoint) -> str:

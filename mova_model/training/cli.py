@@ -18,8 +18,8 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-from ..checks import CheckError, check_writable_folder
 from ..cli_args import CliParser, interrupted_exit_code, refuse, sigterm_as_interrupt
+from .cache import dataset_cache_dir
 from .files import state_path_for
 from .trainer import EXPERT_CHOICES, LoraTrainer, TrainingError, TrainProgress, TrainSettings
 
@@ -79,13 +79,11 @@ def build_parser() -> CliParser:
 
 def default_cache_dir(dataset: str) -> Path:
     """`<dataset>/.mova_cache`, or the user's cache folder when the dataset folder cannot be written."""
-    preferred = Path(dataset.rstrip("/") or "/") / ".mova_cache"
-    try:
-        return check_writable_folder(preferred, "cache folder")
-    except CheckError as exc:
-        fallback = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mova" / "training"
-        logger.info("%s; the encoded clips are cached in %s instead", exc, fallback)
-        return fallback
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mova" / "training"
+    folder, why_not = dataset_cache_dir(dataset, user_cache)
+    if why_not is not None:
+        logger.info("%s; the encoded clips are cached in %s instead", why_not, folder)
+    return folder
 
 
 def train_cli(argv: Optional[List[str]] = None) -> int:
