@@ -151,7 +151,7 @@ def read_caption(path: Path) -> Tuple[Optional[str], Optional[str]]:
 def no_usable_clip(scan: DatasetScan, skipped: List[Tuple[str, str]]) -> DatasetError:
     """The error of a dataset none of whose clips can be used: what was looked for, and each file's reason."""
     looked = (f"{scan.root / 'metadata.json'}" if (scan.root / "metadata.json").is_file()
-              else f"video files ({', '.join(s for s in ('.mp4', '.mov', '.mkv', '.webm'))}) with a same-name .txt "
+              else f"video files ({', '.join(VIDEO_SUFFIXES)}) with a same-name .txt "
                    f"caption in {scan.root}")
     detail = "; ".join(f"{n}: {r}" for n, r in skipped) or "nothing found"
     return DatasetError(f"the dataset has no usable clip: looked for {looked} ({detail})")
