@@ -5,8 +5,8 @@ The host process stays a plain process: `WorkerPool.sample(...)` sends the job t
 rank 0's per-step reports to the host's callback (progress, preview), and returns rank 0's latents.
 - Cancel: when the host callback raises (ComfyUI's interrupt), a shared event is set; every worker checks it
   through one tiny all-reduce after each step, so all ranks stop at the same step (within one step).
-- Crash: a worker that exits is noticed within half a second; the pool is stopped and the error names the
-  worker; the next `sample` starts a fresh pool. A worker whose peers vanish gets a `ParallelError` from the
+- Crash: a worker that exits is noticed within half a second (while idle: at the next `sample`); the pool is
+  stopped and the error names the worker and its exit code; the `sample` after it starts a fresh pool. A worker whose peers vanish gets a `ParallelError` from the
   bounded collectives and exits.
 - Hang: a worker that stops answering (stuck, or stopped with SIGSTOP) leaves its peers waiting in a
   collective; they give up after `timeout_s` and report it, and the host then names the worker(s) that did
@@ -151,6 +151,9 @@ class WorkerPool:
         """Spawn the workers and wait until each has joined the process group."""
         if self.running:
             return
+        dead = [(rank, p) for rank, p in enumerate(self.procs) if not p.is_alive()]
+        if dead:  # died between runs (killed, out of memory): said once, like a crash while working
+            raise self._crash_error(*dead[0], "idle")
         self.stop()
         if PACK_ROOT not in sys.path:
             sys.path.append(PACK_ROOT)
@@ -219,6 +222,14 @@ class WorkerPool:
         proc = self.procs[rank] if rank < len(self.procs) else None
         return f"worker {rank} ({self.spec.devices[rank]}, pid {proc.pid if proc is not None else '?'})"
 
+    def _crash_error(self, rank: int, proc, doing: str) -> ParallelError:
+        """Stop the pool after worker `rank` exited while `doing`; the error names it and its exit code."""
+        message = (f"MOVA {self.describe_worker(rank)} exited with code {proc.exitcode} while {doing}; all workers "
+                   "were stopped and will be restarted on the next run")
+        self.last_crash = message
+        self.stop()
+        return ParallelError(message)
+
     def _next_message(self, deadline: float, doing: str, reported: frozenset = frozenset()):
         """The next message from any worker. A worker that exits without having `reported` is a crash
         (`ParallelError`, the pool stopped); past `deadline`, `_NoAnswer` lists the ranks not `reported`."""
@@ -229,12 +240,7 @@ class WorkerPool:
                 pass
             dead = [(rank, p) for rank, p in enumerate(self.procs) if not p.is_alive() and rank not in reported]
             if dead:
-                rank, proc = dead[0]
-                message = (f"MOVA {self.describe_worker(rank)} exited with code "
-                           f"{proc.exitcode} while {doing}; all workers were stopped and will be restarted on the next run")
-                self.last_crash = message
-                self.stop()
-                raise ParallelError(message)
+                raise self._crash_error(*dead[0], doing)
             if time.monotonic() > deadline:
                 raise _NoAnswer([rank for rank in range(len(self.procs)) if rank not in reported])
 

@@ -3,7 +3,7 @@ denoise: the job carries them to every worker and the latents equal one process 
 import pytest
 import torch
 
-from mova_model.parallel.workers import WorkerPool, WorkerSpec
+from mova_model.parallel.workers import ParallelError, WorkerPool, WorkerSpec
 from mova_model.sampling.drivers import encode_clip
 from mova_model.sampling.guidance import GuidanceConfig
 from mova_model.sampling.pipeline import InputError, MovaPipeline
@@ -32,3 +32,23 @@ def test_remote_unipc_restyle_equals_one_process(pool, tiny_pipe, tiny_cond):
     assert torch.equal(remote.video, local.video) and torch.equal(remote.audio, local.audio)
     with pytest.raises(InputError, match="solver = 'heun' is not known"):  # refused here, before any job is sent
         remote_pipe.sample(tiny_cond, steps=2, schedule=ScheduleOptions("heun"))
+
+
+def test_a_worker_that_died_between_runs_is_reported_once_then_restarted():
+    """A worker killed while the pool is idle: the next run says which one and how it ended (it used to be
+    restarted silently, or reported, depending on how fast the kill landed), and the run after it starts a new
+    pool."""
+    pool = WorkerPool(WorkerSpec(devices=("cpu", "cpu"), split="cfg", timeout_s=60.0, threads=1))
+    try:
+        pool.start()
+        first = [p.pid for p in pool.procs]
+        pool.procs[1].kill()
+        pool.procs[1].join(timeout=30)
+        with pytest.raises(ParallelError, match=rf"worker 1 \(cpu, pid {first[1]}\) exited with code -9 while idle; "
+                                                 "all workers were stopped and will be restarted on the next run"):
+            pool.start()
+        assert pool.procs == [] and "exited with code -9" in pool.last_crash
+        pool.start()
+        assert pool.running and not {p.pid for p in pool.procs} & set(first)
+    finally:
+        pool.stop()
